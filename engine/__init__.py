@@ -1,0 +1,1 @@
+"""The runtime: canvas, tokenizer, samplers, the denoising loop and the pipeline."""

@@ -1,0 +1,207 @@
+"""Export the four graphs to ONNX, check each against PyTorch, write the model folder.
+
+The folder it writes:
+    manifest.json                 what is here, versions, fingerprint, parity results
+    text_encoder/model.onnx       (B, 77) int64 -> (B, 77, D)
+    unet/model.onnx[.data]        (2B, C, H/8, W/8), (1,), (2B, 77, D) -> (2B, 4, H/8, W/8)
+    vae_encoder/model.onnx        (B, 3, H, W) -> latent mean (B, 4, H/8, W/8), unscaled
+    vae_decoder/model.onnx        (B, 4, H/8, W/8), unscaled -> (B, 3, H, W)
+    tokenizer/tokenizer.json      + tokenizer_config.json
+    scheduler/scheduler_config.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from outpaint.engine.errors import ModelError
+from outpaint.engine.manifest import FORMAT_VERSION, GraphRecord, Manifest
+
+from .components import Components
+from .specs import GraphSpec, canvas_dims, graph_specs
+
+OPSET = 17
+# protobuf cannot serialise a message past 2 GiB; stay well below it.
+EXTERNAL_DATA_THRESHOLD = 1_500_000_000
+# Parity runs at a canvas different from the export's trace shape, so dynamic axes are exercised.
+TRACE_CANVAS = (64, 64)
+PARITY_CANVAS = (128, 192)
+
+
+class ParityError(ModelError):
+    """An exported graph disagrees with PyTorch beyond its tolerance."""
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    import outpaint
+
+    return {
+        "outpaint": outpaint.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(OPSET),
+    }
+
+
+def _torch_inputs(spec: GraphSpec, dims: dict[str, int], seed: int):
+    import torch
+
+    return {name: torch.from_numpy(value) for name, value in spec.sample_inputs(dims, seed).items()}
+
+
+def export_graph(module, spec: GraphSpec, path: Path) -> None:
+    """Trace `module` to ONNX at `path` with the spec's names and dynamic axes; external data past 1.5 GB."""
+    import onnx
+    import torch
+
+    inputs = _torch_inputs(spec, canvas_dims(1, *TRACE_CANVAS), seed=0)
+    with tempfile.TemporaryDirectory(prefix="outpaint-export-", dir=path.parent) as tmp:
+        traced = Path(tmp) / "model.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                tuple(inputs[t.name] for t in spec.inputs),
+                str(traced),
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,  # the TorchScript exporter handles SD's dynamic H/W; see docs/decisions.md
+            )
+        model = onnx.load(str(traced), load_external_data=True)
+        size = sum(len(t.raw_data) for t in model.graph.initializer)
+        for stale in (path, path.with_name(path.name + ".data")):
+            stale.unlink(missing_ok=True)
+        if size > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(
+                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=path.name + ".data", size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(path))
+
+
+def check_parity(module, spec: GraphSpec, path: Path, dims: dict[str, int]) -> dict[str, float]:
+    """Run torch and ONNX Runtime on the same sample inputs; raise ParityError past the tolerance."""
+    import onnxruntime as ort
+    import torch
+
+    feeds = spec.sample_inputs(dims, seed=1)
+    with torch.no_grad():
+        expected = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run([spec.outputs[0].name], feeds)[0]
+    if actual.shape != expected.shape:
+        raise ParityError(f"{spec.name}: ONNX output shape {actual.shape} != PyTorch {expected.shape}")
+    max_abs = float(np.abs(actual.astype(np.float64) - expected).max())
+    peak = float(np.abs(expected).max()) or 1.0
+    mse = float(np.mean((actual.astype(np.float64) - expected) ** 2))
+    psnr = float("inf") if mse == 0 else 10 * np.log10((2 * peak) ** 2 / mse)
+    result = {
+        "max_abs_error": max_abs,
+        "max_rel_error": max_abs / peak,
+        "tolerance": spec.max_rel_error,
+        "psnr_db": float(round(psnr, 2)) if np.isfinite(psnr) else 999.0,
+        "checked_at": json.dumps({k: v for k, v in dims.items() if k in ("B", "H", "W")}),
+    }
+    if max_abs / peak > spec.max_rel_error or not np.isfinite(actual).all():
+        raise ParityError(
+            f"{spec.name}: ONNX differs from PyTorch by {max_abs:.3g} (relative {max_abs / peak:.3g}), "
+            f"over the tolerance {spec.max_rel_error:g}; the export is wrong, not saved as valid"
+        )
+    return result
+
+
+def _write_side_files(components: Components, out: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(components.tokenizer_dir))
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    (out / "scheduler").mkdir(exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(components.scheduler_config, indent=2))
+
+
+def export_components(
+    components: Components,
+    out: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    parity_canvas: tuple[int, int] = PARITY_CANVAS,
+) -> Manifest:
+    """Export, check and record every graph of `components` into `out`.
+
+    Idempotent: a graph whose file exists and whose manifest entry records a passed check for the
+    same source fingerprint is skipped. A graph that fails its check is deleted and the export raises.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    unet_in = int(components.unet.config.in_channels)
+    hidden = int(components.text_encoder.config.hidden_size)
+    try:
+        previous = Manifest.load(out)
+    except ModelError:
+        previous = None
+    reuse = previous is not None and previous.fingerprint == components.fingerprint
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        source=components.description,
+        fingerprint=components.fingerprint,
+        versions=_versions(),
+        unet_in_channels=unet_in,
+        text_hidden_size=hidden,
+        latent_channels=int(components.vae.config.latent_channels),
+        vae_scaling_factor=float(components.vae.config.scaling_factor),
+        graphs=dict(previous.graphs) if reuse else {},
+    )
+    _write_side_files(components, out)
+    from .graphs import graph_modules
+
+    modules = graph_modules(components)
+    for spec in graph_specs(unet_in, hidden):
+        path = out / spec.name / "model.onnx"
+        if spec.name in manifest.graphs and path.is_file():
+            if progress:
+                progress(f"{spec.name}: up to date, skipped")
+            continue
+        path.parent.mkdir(exist_ok=True)
+        started = time.perf_counter()
+        if progress:
+            progress(f"{spec.name}: exporting")
+        export_graph(modules[spec.name], spec, path)
+        if progress:
+            progress(f"{spec.name}: checking against PyTorch")
+        try:
+            parity = check_parity(modules[spec.name], spec, path, canvas_dims(1, *parity_canvas))
+        except ParityError:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            manifest.graphs.pop(spec.name, None)
+            manifest.save(out)
+            raise
+        parity["seconds"] = round(time.perf_counter() - started, 2)
+        manifest.graphs[spec.name] = GraphRecord(
+            file=f"{spec.name}/model.onnx",
+            inputs=[asdict(t) for t in spec.inputs],
+            outputs=[asdict(t) for t in spec.outputs],
+            parity=parity,
+        )
+        manifest.save(out)  # after every graph, so an interrupted export resumes where it stopped
+        if progress:
+            progress(f"{spec.name}: ok (max relative error {parity['max_rel_error']:.2e})")
+    return manifest

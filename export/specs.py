@@ -1,0 +1,109 @@
+"""One frozen spec per exported graph: tensor names, symbolic shapes, parity tolerance, sample inputs.
+
+Symbolic dimensions: `B` is the prompt batch, `2B` the guidance-doubled batch the UNet sees,
+`H`/`W` the canvas in pixels and `H/8`/`W/8` the latent grid. The same specs drive export, the
+runtime's input checks and (later) TensorRT's optimisation profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TEXT_TOKENS = 77
+LATENT_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # ints are fixed, strings are symbolic axes
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str  # also the subfolder of the exported model
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Parity: max |onnx - torch| must stay below max_rel_error * max |torch| on the sample inputs.
+    max_rel_error: float
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in (*self.inputs, *self.outputs)
+            if any(isinstance(d, str) for d in t.shape)
+        }
+
+    def resolve(self, tensor: TensorSpec, dims: dict[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else dims[d] for d in tensor.shape)
+
+    def sample_inputs(self, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs for a parity check at the concrete sizes `dims` (e.g. {"B": 1, "H/8": 32, ...})."""
+        rng = np.random.default_rng(seed)
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in self.inputs:
+            shape = self.resolve(tensor, dims)
+            if tensor.dtype == "int64":
+                feeds[tensor.name] = rng.integers(0, dims.get("vocab", 49408), size=shape, dtype=np.int64)
+            elif tensor.name == "timestep":
+                feeds[tensor.name] = np.array([801.0], dtype=np.float32)
+            else:
+                feeds[tensor.name] = rng.standard_normal(shape, dtype=np.float32)
+        return feeds
+
+
+def text_encoder_spec(hidden: int) -> GraphSpec:
+    return GraphSpec(
+        name="text_encoder",
+        inputs=(TensorSpec("input_ids", "int64", ("B", TEXT_TOKENS)),),
+        outputs=(TensorSpec("last_hidden_state", "float32", ("B", TEXT_TOKENS, hidden)),),
+        max_rel_error=1e-4,
+    )
+
+
+def unet_spec(in_channels: int, hidden: int) -> GraphSpec:
+    return GraphSpec(
+        name="unet",
+        inputs=(
+            TensorSpec("sample", "float32", ("2B", in_channels, "H/8", "W/8")),
+            TensorSpec("timestep", "float32", (1,)),
+            TensorSpec("encoder_hidden_states", "float32", ("2B", TEXT_TOKENS, hidden)),
+        ),
+        outputs=(TensorSpec("out_sample", "float32", ("2B", LATENT_CHANNELS, "H/8", "W/8")),),
+        max_rel_error=1e-4,
+    )
+
+
+def vae_encoder_spec() -> GraphSpec:
+    return GraphSpec(
+        name="vae_encoder",
+        inputs=(TensorSpec("image", "float32", ("B", 3, "H", "W")),),
+        outputs=(TensorSpec("latent_mean", "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
+        max_rel_error=1e-4,
+    )
+
+
+def vae_decoder_spec() -> GraphSpec:
+    return GraphSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latent", "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
+        outputs=(TensorSpec("image", "float32", ("B", 3, "H", "W")),),
+        max_rel_error=1e-4,
+    )
+
+
+def graph_specs(unet_in_channels: int, text_hidden: int) -> tuple[GraphSpec, ...]:
+    return (
+        text_encoder_spec(text_hidden),
+        unet_spec(unet_in_channels, text_hidden),
+        vae_encoder_spec(),
+        vae_decoder_spec(),
+    )
+
+
+def canvas_dims(batch: int, height: int, width: int) -> dict[str, int]:
+    """Concrete values of every symbolic axis for a canvas of height x width pixels."""
+    return {"B": batch, "2B": 2 * batch, "H": height, "W": width, "H/8": height // 8, "W/8": width // 8}
