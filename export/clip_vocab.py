@@ -63,7 +63,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clip_vocab_and_merges(bpe_path: Path | None = None) -> tuple[dict[str, int], list[str]]:
     """Return (token -> id, merges as "a b" lines) exactly as OpenAI's CLIP tokenizer builds them."""
-    lines = gzip.open(bpe_path or find_bpe_file()).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path or find_bpe_file()) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _BPE_MERGES + 1]]
     tokens = list(bytes_to_unicode().values())
     tokens = tokens + [t + "</w>" for t in tokens]

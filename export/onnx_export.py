@@ -21,7 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
 from outpaint.engine.errors import ModelError
 from outpaint.engine.manifest import FORMAT_VERSION, GraphRecord, Manifest
 

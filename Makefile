@@ -1,0 +1,30 @@
+# Two commands on a fresh clone with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-smoke clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the CPU build (see README, "Installing").
+	$(PIP) torch==2.13.0
+	# Only for its CLIP BPE vocabulary file; its dependencies (torchvision) are not wanted.
+	$(PIP) --no-deps open_clip_torch
+	$(PIP) -e ".[export,dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/outpaint demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) models out .pytest_cache

@@ -1,0 +1,218 @@
+"""The public API: load a model folder once, outpaint many times, from several threads if you like.
+
+    pipe = OutpaintPipeline.load("models/sd15")
+    result = pipe(source_bytes, OutpaintRequest(prompt="streets in italy", img_width=768, img_height=512))
+    Image.fromarray(result.image).save("out.png")
+
+`pipe.generate(...)` is the same computation as a generator: it yields a StepEvent after every
+denoising step and an OutpaintResult last, so callers can show progress or stop early.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import canvas as cv
+from .backends.registry import load_graphs
+from .errors import Cancelled, InvalidRequest, ModelError
+from .loop import StepEvent, denoise_loop, guided_denoiser
+from .manifest import Manifest
+from .request import SEED_MAX, OutpaintRequest
+from .schedulers import SAMPLERS, NoiseScheduleConfig, get_sampler
+from .tokenizer import ClipTokenizer
+
+log = logging.getLogger("outpaint")
+UNET_DOWNSAMPLING = 64  # VAE factor 8 x three UNet downsamplings: canvases are multiples of 64 px
+
+
+@dataclass
+class OutpaintResult:
+    image: np.ndarray  # (H, W, 3) uint8, the final image after paste-back
+    seed: int
+    decoded: np.ndarray  # (H, W, 3) uint8, the VAE's output before paste-back
+    latents: np.ndarray  # (1, 4, H/8, W/8) float32, the final latents
+    canvas: cv.Canvas
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    step_seconds: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything the loop needs that does not depend on the step: computed once per request."""
+
+    canvas: cv.Canvas
+    init_latents: np.ndarray  # (1, 4, h, w) float32, VAE mean x scaling factor
+    latent_mask: np.ndarray  # (1, 1, h, w) float32 soft mask, 1 = regenerate
+    text_embeddings: np.ndarray  # (2, 77, D) float32: [negative, prompt]
+    extra_channels: np.ndarray | None  # (1, 5, h, w) for a 9-channel UNet
+    warnings: tuple[str, ...]
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+class OutpaintPipeline:
+    """Loaded graphs, tokenizer and noise schedule of one exported model. Holds no per-request state."""
+
+    def __init__(self, folder: Path, backend: str = "ort-cpu") -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelError(
+                f"model folder {folder} does not exist; export one with `outpaint export SRC {folder}` "
+                f"or `outpaint export --random tiny {folder}`"
+            )
+        self.folder = folder
+        self.backend = backend
+        self.manifest = Manifest.load(folder)
+        missing = [g for g in ("text_encoder", "unet", "vae_encoder", "vae_decoder") if g not in self.manifest.graphs]
+        if missing:
+            raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: the export did not finish; re-run it")
+        self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
+        self.tokenizer = ClipTokenizer(folder / "tokenizer")
+        self.graphs = load_graphs(backend, folder, self.manifest)
+        self.unet_in_channels = self.manifest.unet_in_channels
+        self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
+
+    load = classmethod(lambda cls, folder, backend="ort-cpu": cls(Path(folder), backend))
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        return tuple(SAMPLERS)
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def encode_text(self, prompt: str, negative_prompt: str) -> tuple[np.ndarray, list[str]]:
+        """(2, 77, D) float32 embeddings of [negative_prompt, prompt], and warnings on truncation."""
+        warnings = []
+        ids = []
+        for label, text in (("negative_prompt", negative_prompt), ("prompt", prompt)):
+            tokens = self.tokenizer(text)
+            if tokens.truncated:
+                warnings.append(f"{label} is longer than 77 CLIP tokens; the rest was ignored")
+            ids.append(tokens.ids)
+        out = self.graphs["text_encoder"].run({"input_ids": np.stack(ids)})
+        return out["last_hidden_state"], warnings
+
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (1, 4, H/8, W/8) float32 latents (mean x scaling factor)."""
+        mean = self.graphs["vae_encoder"].run({"image": cv.to_model_image(rgb)})["latent_mean"]
+        return mean * self.scaling_factor
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """(1, 4, h, w) latents -> (H, W, 3) uint8."""
+        image = self.graphs["vae_decoder"].run({"latent": latents / self.scaling_factor})["image"]
+        return cv.from_model_image(image)
+
+    def unet(self, feeds):
+        return self.graphs["unet"].run(feeds)
+
+    def condition(
+        self, source: cv.SourceImage, request: OutpaintRequest, seed: int, timings: dict[str, float]
+    ) -> Conditioning:
+        """Canvas, infill, init latents, latent mask and text embeddings (pipeline.md 1-5)."""
+        started = time.perf_counter()
+        for name in ("img_width", "img_height"):
+            if getattr(request, name) % UNET_DOWNSAMPLING or getattr(request, name) <= 0:
+                value = getattr(request, name)
+                raise InvalidRequest(name, f"must be a positive multiple of {UNET_DOWNSAMPLING}, got {value}")
+        canvas = cv.make_canvas(
+            source, width=request.img_width, height=request.img_height, scale=request.scale,
+            offset_x=request.offset_x, offset_y=request.offset_y, mask_expand=request.mask_expand,
+        )
+        infilled = cv.infill(canvas, request.infill, np.random.default_rng([seed, 1]))
+        latent_mask = cv.latent_mask(canvas.mask)
+        timings["canvas"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        init_latents = self.encode_image(infilled)
+        extra = None
+        if self.unet_in_channels == 9:
+            # The inpainting UNet sees the mask and the latents of the image with the new area blanked.
+            blanked = np.where(canvas.mask[..., None] >= 0.5, np.uint8(127), infilled)
+            masked_latents = self.encode_image(blanked.astype(np.uint8))
+            extra = np.concatenate([latent_mask, masked_latents], axis=1).astype(np.float32)
+        elif self.unet_in_channels != 4:
+            raise ModelError(
+                f"a UNet with {self.unet_in_channels} input channels is neither SD 1.5 (4) nor inpainting (9)"
+            )
+        timings["vae_encode"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        embeddings, warnings = self.encode_text(request.prompt, request.negative_prompt)
+        timings["text_encoder"] = time.perf_counter() - started
+        for warning in warnings:
+            log.warning(warning)
+        return Conditioning(canvas, init_latents, latent_mask, embeddings, extra, tuple(warnings))
+
+    # -- the whole request ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        source: cv.SourceImage | bytes,
+        request: OutpaintRequest,
+        *,
+        noise: np.ndarray | None = None,
+    ) -> Iterator[StepEvent | OutpaintResult]:
+        """Yield a StepEvent after every denoising step, then the OutpaintResult.
+
+        `noise` (1, 4, H/8, W/8) float32 replaces the seeded draw (tests, reproducing other engines).
+        """
+        total_started = time.perf_counter()
+        if isinstance(source, bytes | bytearray | memoryview):
+            source = cv.decode_image(bytes(source))
+        sampler = get_sampler(request.scheduler)
+        seed = draw_seed() if request.seed == -1 else request.seed
+        timings: dict[str, float] = {}
+        cond = self.condition(source, request, seed, timings)
+
+        plan = sampler.plan(self.schedule_config, request.num_inference_steps, request.strength)
+        latent_shape = cond.init_latents.shape
+        rng = np.random.default_rng(seed)
+        if noise is None:
+            noise = rng.standard_normal(latent_shape, dtype=np.float32)
+        elif noise.shape != latent_shape or noise.dtype != np.float32:
+            raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
+        pure_noise = request.strength >= 1.0
+        latents = sampler.start(plan, cond.init_latents, noise, pure_noise)
+        denoise = guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
+
+        step_seconds = []
+        for event in denoise_loop(
+            sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
+            # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
+            init_latents=cond.init_latents if self.unet_in_channels == 4 else None,
+            noise=noise, mask=cond.latent_mask,
+        ):
+            step_seconds.append(event.seconds)
+            latents = event.latents
+            yield event
+        timings["denoise"] = float(sum(step_seconds))
+
+        started = time.perf_counter()
+        decoded = self.decode_latents(latents)
+        timings["vae_decode"] = time.perf_counter() - started
+        started = time.perf_counter()
+        image = cv.paste_back(decoded, cond.canvas)
+        timings["paste_back"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - total_started
+        yield OutpaintResult(
+            image=image, seed=seed, decoded=decoded, latents=latents, canvas=cond.canvas,
+            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings),
+        )
+
+    def __call__(
+        self, source: cv.SourceImage | bytes, request: OutpaintRequest, *, noise: np.ndarray | None = None
+    ) -> OutpaintResult:
+        for item in self.generate(source, request, noise=noise):
+            if isinstance(item, OutpaintResult):
+                return item
+        raise Cancelled("the generation ended without a result")

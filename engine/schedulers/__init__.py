@@ -1,0 +1,28 @@
+"""Samplers, one file each, registered under the hosted API's names."""
+
+from __future__ import annotations
+
+from ..errors import InvalidRequest
+from .base import Denoiser, Plan, Sampler
+from .config import NoiseScheduleConfig
+from .ddim import DDIM
+
+SAMPLERS: dict[str, Sampler] = {sampler.name: sampler for sampler in (DDIM(),)}
+
+# Every name the hosted API lists, implemented or not, so an unimplemented one gets a clear 400.
+API_SCHEDULER_NAMES = (
+    "DDIM", "DPM Multi", "DPM Single", "Euler a", "Euler", "Heun",
+    "DPM2 a Karras", "DPM2 Karras", "LMS", "PNDM", "DDPM",
+)
+
+
+def get_sampler(name: str) -> Sampler:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise InvalidRequest(
+            "scheduler", f"{name!r} is not implemented; choose one of {', '.join(SAMPLERS)}"
+        ) from None
+
+
+__all__ = ["API_SCHEDULER_NAMES", "SAMPLERS", "Denoiser", "NoiseScheduleConfig", "Plan", "Sampler", "get_sampler"]

@@ -1,0 +1,81 @@
+"""What every sampler provides, so the denoising loop never branches on a sampler's name.
+
+A sampler is a module-level object of pure functions over a `Plan` (its schedule for one request,
+computed up front) and a per-request `state` (history of multistep methods; None for DDIM). Nothing
+is shared between requests, so one loaded pipeline can serve concurrent calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import NoiseScheduleConfig
+
+# eps = denoise(model_input, timestep): the guided noise prediction for a model-ready input.
+Denoiser = Callable[[np.ndarray, float], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One request's schedule. `timesteps[i]` is the model timestep of step i; `levels` are the
+    sampler's own noise levels, one more than the steps (the last one is clean)."""
+
+    timesteps: np.ndarray  # (n,) float32, model timesteps in running order
+    levels: np.ndarray  # (n + 1,) float32, the sampler's noise coordinate before each step, then after
+    extra: dict[str, Any]  # sampler-specific arrays (alphas, sigmas, ...)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+class Sampler(Protocol):
+    name: str  # the API's name ("DDIM")
+    reference: str  # the diffusers class it corresponds to
+
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float) -> Plan: ...
+
+    def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
+        """Latents before the first step: pure noise at the first level, or the init latents noised to it."""
+        ...
+
+    def noised(self, plan: Plan, level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`clean` latents noised with `noise` to level `level` (level == num_steps returns `clean`)."""
+        ...
+
+    def new_state(self) -> Any: ...
+
+    def step(
+        self,
+        plan: Plan,
+        state: Any,
+        index: int,
+        latents: np.ndarray,
+        denoise: Denoiser,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Latents at level index + 1, calling `denoise` as often as the method needs."""
+        ...
+
+
+def skip_for_strength(num_inference_steps: int, strength: float) -> int:
+    """How many leading steps `strength` < 1 skips: steps - int(steps * strength) (pipeline.md 6)."""
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - init_steps, 0)
+
+
+def spaced_timesteps(config: NoiseScheduleConfig, num_inference_steps: int) -> np.ndarray:
+    """The (num_inference_steps,) int64 descending train timesteps of diffusers' spacing options."""
+    n_train = config.num_train_timesteps
+    if config.timestep_spacing == "leading":
+        ratio = n_train // num_inference_steps
+        steps = (np.arange(0, num_inference_steps) * ratio).round()[::-1].astype(np.int64)
+        return steps + config.steps_offset
+    if config.timestep_spacing == "trailing":
+        ratio = n_train / num_inference_steps
+        return (np.round(np.arange(n_train, 0, -ratio)).astype(np.int64) - 1)[:num_inference_steps]
+    return np.linspace(0, n_train - 1, num_inference_steps).round()[::-1].astype(np.int64)

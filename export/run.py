@@ -1,0 +1,41 @@
+"""`outpaint export`: pick the source, export with a progress bar."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def export_model(
+    source: str | None,
+    out: Path,
+    *,
+    random: str | None = None,
+    seed: int = 0,
+    unet_in_channels: int = 4,
+    config: Path | None = None,
+):
+    from .onnx_export import export_components
+
+    with tqdm(total=9, desc="export", bar_format="{desc}: {n}/{total} {postfix}") as bar:
+        bar.set_postfix_str("loading weights")
+        with tempfile.TemporaryDirectory(prefix="outpaint-src-") as workdir:
+            if random:
+                from .random_models import build_random_components
+
+                components = build_random_components(random, seed=seed, unet_in_channels=unet_in_channels,
+                                                     workdir=Path(workdir))
+            else:
+                from .sources import load_components
+
+                components = load_components(source, config=config)
+            bar.update(1)
+
+            def progress(message: str) -> None:
+                bar.set_postfix_str(message)
+                if not message.endswith("exporting"):
+                    bar.update(1)
+
+            return export_components(components, out, progress=progress)

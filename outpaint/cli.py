@@ -1,0 +1,121 @@
+"""The `outpaint` command: export, run, demo (and the subcommands other modules register)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from outpaint.engine.errors import OutpaintError
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="convert SD 1.5 weights to checked ONNX graphs")
+    p.add_argument("source", nargs="?", help="diffusers folder, .safetensors file, or hub id")
+    p.add_argument("out", type=Path, help="model folder to write")
+    p.add_argument("--random", choices=("tiny", "full"), help="build SD-1.5-architecture random weights instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (with --random)")
+    p.add_argument("--inpainting", action="store_true", help="with --random: a 9-channel inpainting UNet")
+    p.add_argument("--config", type=Path, help="diffusers folder to read configs from (single-file sources)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from outpaint.export.run import export_model
+
+    if (args.source is None) == (args.random is None):
+        raise SystemExit("outpaint export: give either SRC or --random tiny|full (not both)")
+    export_model(args.source, args.out, random=args.random, seed=args.seed,
+                 unet_in_channels=9 if args.inpainting else 4, config=args.config)
+    print(f"exported to {args.out}")
+    return 0
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per API field (api.md); defaults and ranges come from engine/request.py."""
+    from outpaint.engine.request import FIELDS
+
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--scheduler", default="DDIM")
+    flags = {
+        "num_inference_steps": "--steps", "img_width": "--width", "img_height": "--height", "scale": "--scale",
+        "strength": "--strength", "offset_x": "--offset-x", "offset_y": "--offset-y",
+        "guidance_scale": "--guidance", "mask_expand": "--mask-expand", "seed": "--seed",
+    }
+    for field, flag in flags.items():
+        spec = FIELDS[field]
+        p.add_argument(flag, dest=field, type=spec.kind, default=spec.default,
+                       help=f"{field}: {spec.describe()} (default {spec.default})")
+    p.add_argument("--infill", default="pushpull", help="infill of the new area: pushpull, gray or noise")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="outpaint one image")
+    p.add_argument("--model", type=Path, required=True, help="exported model folder")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
+    p.add_argument("--backend", default="ort-cpu", help="graph runtime (see `outpaint backends`)")
+    add_request_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _request_from_args(args, schedulers):
+    from outpaint.engine.request import FIELDS, OutpaintRequest
+
+    fields = {name: getattr(args, name) for name in FIELDS}
+    fields.update(prompt=args.prompt, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
+                  infill=args.infill)
+    return OutpaintRequest.from_fields(fields, schedulers=schedulers)
+
+
+def _cmd_run(args) -> int:
+    from outpaint.run_request import run_with_progress
+
+    if not args.image.is_file():
+        raise SystemExit(f"outpaint run: --image {args.image} does not exist")
+    result = run_with_progress(args.model, args.backend, args.image.read_bytes(), args, _request_from_args)
+    print(f"seed {result.seed}; wrote {args.out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="outpaint a generated sample image with the tiny random model")
+    p.add_argument("--model", type=Path, default=Path("models/tiny"), help="where the tiny model is (built if missing)")
+    p.add_argument("--out", type=Path, default=Path("out/demo.jpg"))
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=1234)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from outpaint.demo import run_demo
+
+    run_demo(args.model, args.out, width=args.width, height=args.height, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_export, _add_run, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except OutpaintError as exc:
+        print(f"outpaint {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
