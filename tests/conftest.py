@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random SD 1.5 models, built once per test session.
+
+Building and exporting the tiny model takes about ten seconds; every test that needs a model
+folder shares `tiny_model_dir`. Tests that compare against PyTorch use `tiny_components`, the very
+modules that were exported (same seed, same weights).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _has_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with onnxruntime-gpu / TensorRT; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory):
+    pytest.importorskip("torch")
+    from outpaint.export.random_models import build_random_components
+
+    return build_random_components("tiny", seed=0, workdir=tmp_path_factory.mktemp("tiny-src"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_components, tmp_path_factory) -> Path:
+    from outpaint.export.onnx_export import export_components
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    export_components(tiny_components, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_dir):
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    return OutpaintPipeline.load(tiny_model_dir)
+
+
+def make_png(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    """A random-pixel PNG (every pixel distinct enough that misplacement shows)."""
+    rng = np.random.default_rng(seed)
+    channels = 4 if mode == "RGBA" else 3
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    if mode == "RGBA":
+        pixels[..., 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def png_256() -> bytes:
+    return make_png(256, 256)
