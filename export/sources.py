@@ -42,7 +42,7 @@ def _from_diffusers_folder(folder: Path) -> Components:
     missing = [sub for sub in ("text_encoder", "tokenizer", "unet", "vae", "scheduler") if not (folder / sub).is_dir()]
     if missing:
         raise ModelError(
-            f"{folder} is not a diffusers-format SD 1.5 folder: missing {', '.join(missing)}/ "
+            f"{folder} is not a diffusers-format SD 1.5 folder: missing {', '.join(m + '/' for m in missing)} "
             "(expected model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/)"
         )
     scheduler_file = folder / "scheduler" / "scheduler_config.json"

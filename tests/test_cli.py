@@ -1,0 +1,60 @@
+"""The `outpaint` command, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from .conftest import make_png
+
+
+def _outpaint(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "outpaint.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_writes_an_image_of_the_requested_size_and_prints_the_seed(tiny_model_dir, tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(100, 120))
+    out = tmp_path / "out.jpg"
+    done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(image), "--prompt", "a harbour",
+                     "--out", str(out), "--width", "320", "--height", "256", "--offset-x", "200", "--seed", "9")
+    assert done.returncode == 0, done.stderr
+    assert "seed 9" in done.stdout
+    assert Image.open(out).size == (320, 256)
+
+
+def test_run_rejects_out_of_range_values_naming_the_field(tiny_model_dir, tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(image), "--prompt", "x",
+                     "--out", str(tmp_path / "o.jpg"), "--width", "300")
+    assert done.returncode == 2
+    assert "img_width" in done.stderr and "multiple of 64" in done.stderr
+
+
+def test_run_on_a_file_that_is_not_an_image(tiny_model_dir, tmp_path):
+    bogus = tmp_path / "in.png"
+    bogus.write_text("hello")
+    done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(bogus), "--prompt", "x",
+                     "--out", str(tmp_path / "o.jpg"), "--width", "256", "--height", "256")
+    assert done.returncode == 2 and "not a decodable image" in done.stderr
+
+
+def test_run_with_a_missing_model_folder(tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    done = _outpaint("run", "--model", str(tmp_path / "none"), "--image", str(image), "--prompt", "x",
+                     "--out", str(tmp_path / "o.jpg"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_demo_reuses_a_model_and_reports_stages(tiny_model_dir, tmp_path):
+    out = tmp_path / "demo.jpg"
+    done = _outpaint("demo", "--model", str(tiny_model_dir), "--out", str(out), "--width", "256", "--height", "256")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (256, 256)
+    for stage in ("text_encoder", "vae_encode", "denoise", "vae_decode", "per denoising step"):
+        assert stage in done.stdout

@@ -1,0 +1,112 @@
+"""Export: every graph checked against PyTorch, idempotent re-runs, sources and their errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from outpaint.engine.errors import ModelError
+from outpaint.engine.manifest import Manifest
+
+pytest.importorskip("torch")
+
+
+def test_every_graph_is_recorded_with_a_passed_parity_check(tiny_model_dir):
+    manifest = Manifest.load(tiny_model_dir)
+    assert set(manifest.graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    for name, record in manifest.graphs.items():
+        assert (tiny_model_dir / record.file).is_file(), name
+        assert record.parity["max_rel_error"] <= record.parity["tolerance"], name
+    assert manifest.unet_in_channels == 4 and manifest.vae_scaling_factor == pytest.approx(0.18215)
+    assert {"torch", "diffusers", "onnx", "onnxruntime", "outpaint"} <= set(manifest.versions)
+    assert json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["steps_offset"] == 1
+
+
+def test_graphs_have_dynamic_batch_and_canvas_axes(tiny_model_dir):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_model_dir / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sample = session.get_inputs()[0]
+    assert sample.name == "sample" and sample.shape == ["2B", 4, "H/8", "W/8"]
+
+
+def test_each_graph_matches_pytorch_at_a_new_shape(tiny_components, tiny_model_dir):
+    from outpaint.export.graphs import graph_modules
+    from outpaint.export.onnx_export import check_parity
+    from outpaint.export.specs import canvas_dims, graph_specs
+
+    modules = graph_modules(tiny_components)
+    for spec in graph_specs(4, 32):
+        result = check_parity(modules[spec.name], spec, tiny_model_dir / spec.name / "model.onnx",
+                              canvas_dims(2, 192, 64))
+        print(spec.name, result["max_abs_error"])
+        assert result["max_rel_error"] < spec.max_rel_error
+
+
+def test_parity_check_fails_loudly_on_a_wrong_graph(tiny_model_dir, tmp_path):
+    from outpaint.export.graphs import graph_modules
+    from outpaint.export.onnx_export import ParityError, check_parity
+    from outpaint.export.random_models import build_random_components
+    from outpaint.export.specs import canvas_dims, text_encoder_spec
+
+    other = build_random_components("tiny", seed=1, workdir=tmp_path)  # other weights, same architecture
+    with pytest.raises(ParityError, match="over the tolerance"):
+        check_parity(graph_modules(other)["text_encoder"], text_encoder_spec(32),
+                     tiny_model_dir / "text_encoder" / "model.onnx", canvas_dims(1, 64, 64))
+
+
+def test_rerunning_an_export_skips_what_is_done(tiny_components, tiny_model_dir, tmp_path):
+    from outpaint.export.onnx_export import export_components
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    messages: list[str] = []
+    export_components(tiny_components, copy, progress=messages.append)
+    assert sum("up to date" in m for m in messages) == 4
+
+
+def test_export_from_a_diffusers_folder_gives_the_same_graphs(tiny_components, tiny_model_dir, tmp_path):
+    import onnxruntime as ort
+    from outpaint.export.onnx_export import export_components
+    from outpaint.export.sources import load_components
+
+    folder = tmp_path / "sd15"
+    tiny_components.text_encoder.save_pretrained(folder / "text_encoder")
+    tiny_components.unet.save_pretrained(folder / "unet")
+    tiny_components.vae.save_pretrained(folder / "vae")
+    shutil.copytree(tiny_components.tokenizer_dir, folder / "tokenizer")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny_components.scheduler_config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+    loaded = load_components(str(folder))
+    assert loaded.fingerprint.startswith("sha256:")
+    manifest = export_components(loaded, tmp_path / "out")
+    assert manifest.fingerprint == loaded.fingerprint
+    feeds = {"latent": np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)}
+    outputs = [
+        ort.InferenceSession(str(root / "vae_decoder" / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, feeds)[0]
+        for root in (tiny_model_dir, tmp_path / "out")
+    ]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
+
+
+def test_incomplete_folder_names_what_is_missing(tmp_path):
+    from outpaint.export.sources import load_components
+
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelError, match="missing text_encoder/, tokenizer/, vae/, scheduler/"):
+        load_components(str(tmp_path))
+
+
+def test_missing_source_and_offline_hub_id_are_clear_errors(monkeypatch):
+    from outpaint.export.sources import load_components
+
+    with pytest.raises(ModelError, match="does not exist"):
+        load_components("/no/such/folder")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="pass a local diffusers-format folder"):
+        load_components("some-user/some-model")
