@@ -82,7 +82,9 @@ class OutpaintPipeline:
         self.unet_in_channels = self.manifest.unet_in_channels
         self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
 
-    load = classmethod(lambda cls, folder, backend="ort-cpu": cls(Path(folder), backend))
+    @classmethod
+    def load(cls, folder: str | Path, backend: str = "ort-cpu") -> OutpaintPipeline:
+        return cls(Path(folder), backend)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:

@@ -146,14 +146,16 @@ def export_components(
     components: Components,
     out: Path,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, str], None] | None = None,
     parity_canvas: tuple[int, int] = PARITY_CANVAS,
 ) -> Manifest:
     """Export, check and record every graph of `components` into `out`.
 
     Idempotent: a graph whose file exists and whose manifest entry records a passed check for the
     same source fingerprint is skipped. A graph that fails its check is deleted and the export raises.
+    `progress(graph, status)` is told "exporting", "checking", "done" or "skipped" for each graph.
     """
+    report = progress or (lambda graph, status: None)
     out.mkdir(parents=True, exist_ok=True)
     unet_in = int(components.unet.config.in_channels)
     hidden = int(components.text_encoder.config.hidden_size)
@@ -180,16 +182,13 @@ def export_components(
     for spec in graph_specs(unet_in, hidden):
         path = out / spec.name / "model.onnx"
         if spec.name in manifest.graphs and path.is_file():
-            if progress:
-                progress(f"{spec.name}: up to date, skipped")
+            report(spec.name, "skipped")
             continue
         path.parent.mkdir(exist_ok=True)
         started = time.perf_counter()
-        if progress:
-            progress(f"{spec.name}: exporting")
+        report(spec.name, "exporting")
         export_graph(modules[spec.name], spec, path)
-        if progress:
-            progress(f"{spec.name}: checking against PyTorch")
+        report(spec.name, "checking")
         try:
             parity = check_parity(modules[spec.name], spec, path, canvas_dims(1, *parity_canvas))
         except ParityError:
@@ -205,6 +204,5 @@ def export_components(
             parity=parity,
         )
         manifest.save(out)  # after every graph, so an interrupted export resumes where it stopped
-        if progress:
-            progress(f"{spec.name}: ok (max relative error {parity['max_rel_error']:.2e})")
+        report(spec.name, "done")
     return manifest

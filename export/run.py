@@ -19,7 +19,7 @@ def export_model(
 ):
     from .onnx_export import export_components
 
-    with tqdm(total=9, desc="export", bar_format="{desc}: {n}/{total} {postfix}") as bar:
+    with tqdm(total=4, desc="export", unit="graph") as bar:
         bar.set_postfix_str("loading weights")
         with tempfile.TemporaryDirectory(prefix="outpaint-src-") as workdir:
             if random:
@@ -31,11 +31,10 @@ def export_model(
                 from .sources import load_components
 
                 components = load_components(source, config=config)
-            bar.update(1)
 
-            def progress(message: str) -> None:
-                bar.set_postfix_str(message)
-                if not message.endswith("exporting"):
+            def progress(graph: str, status: str) -> None:
+                bar.set_postfix_str(f"{graph}: {status}")
+                if status in ("done", "skipped"):
                     bar.update(1)
 
             return export_components(components, out, progress=progress)

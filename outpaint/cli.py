@@ -71,11 +71,17 @@ def _request_from_args(args, schedulers):
 
 
 def _cmd_run(args) -> int:
-    from outpaint.run_request import run_with_progress
+    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.run_request import run_with_progress, save_image
 
     if not args.image.is_file():
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
-    result = run_with_progress(args.model, args.backend, args.image.read_bytes(), args, _request_from_args)
+    pipeline = OutpaintPipeline.load(args.model, args.backend)
+    request = _request_from_args(args, pipeline.scheduler_names)
+    result = run_with_progress(pipeline, args.image.read_bytes(), request)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    save_image(result.image, args.out)
     print(f"seed {result.seed}; wrote {args.out}")
     return 0
 

@@ -62,9 +62,9 @@ def test_rerunning_an_export_skips_what_is_done(tiny_components, tiny_model_dir,
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)
-    messages: list[str] = []
-    export_components(tiny_components, copy, progress=messages.append)
-    assert sum("up to date" in m for m in messages) == 4
+    statuses: list[tuple[str, str]] = []
+    export_components(tiny_components, copy, progress=lambda graph, status: statuses.append((graph, status)))
+    assert statuses == [(g, "skipped") for g in ("text_encoder", "unet", "vae_encoder", "vae_decoder")]
 
 
 def test_export_from_a_diffusers_folder_gives_the_same_graphs(tiny_components, tiny_model_dir, tmp_path):
