@@ -1,0 +1,1 @@
+"""The sampler's per-step arithmetic as device kernels, each checked against its numpy reference."""
