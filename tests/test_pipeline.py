@@ -143,3 +143,15 @@ def test_nine_channel_inpainting_unet_is_detected_and_conditioned(tmp_path_facto
     assert pipeline.unet_in_channels == 9
     result = pipeline(source, _request(num_inference_steps=3))
     assert result.image.shape == (256, 256, 3) and np.isfinite(result.latents).all()
+
+
+def test_source_pixels_outside_the_band_come_back_bit_identical(tiny_pipeline):
+    from outpaint.engine import canvas as cv
+
+    png = make_png(150, 100, seed=8)
+    result = tiny_pipeline(png, _request(offset_x=40, offset_y=90, mask_expand=12))
+    source = cv.decode_image(png).rgb
+    kept = result.canvas.alpha == 1.0
+    assert kept.sum() == (150 - 2 * 12) * (100 - 2 * 12)
+    np.testing.assert_array_equal(result.image[90:190, 40:190][kept[90:190, 40:190]],
+                                  source[kept[90:190, 40:190]])
