@@ -21,6 +21,8 @@ import numpy as np
 
 from . import canvas as cv
 from .backends.registry import load_graphs
+from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
+from .device_loop import supports as device_loop_supports
 from .errors import Cancelled, InvalidRequest, ModelError
 from .loop import StepEvent, denoise_loop, guided_denoiser
 from .manifest import Manifest
@@ -63,7 +65,7 @@ def draw_seed() -> int:
 class OutpaintPipeline:
     """Loaded graphs, tokenizer and noise schedule of one exported model. Holds no per-request state."""
 
-    def __init__(self, folder: Path, backend: str = "ort-cpu") -> None:
+    def __init__(self, folder: Path, backend: str = "ort-cpu", device_loop: bool | None = None) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelError(
@@ -79,12 +81,14 @@ class OutpaintPipeline:
         self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
         self.graphs = load_graphs(backend, folder, self.manifest)
+        # None: keep the loop on the device when the backend's UNet lives on a GPU (docs/gpu.md).
+        self.device_runtime = select_device_runtime(self.graphs["unet"], device_loop)
         self.unet_in_channels = self.manifest.unet_in_channels
         self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str = "ort-cpu") -> OutpaintPipeline:
-        return cls(Path(folder), backend)
+    def load(cls, folder: str | Path, backend: str = "ort-cpu", device_loop: bool | None = None) -> OutpaintPipeline:
+        return cls(Path(folder), backend, device_loop)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -185,18 +189,27 @@ class OutpaintPipeline:
             raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
         pure_noise = request.strength >= 1.0
         latents = sampler.start(plan, cond.init_latents, noise, pure_noise)
-        denoise = guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
+        # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
+        blend_latents = cond.init_latents if self.unet_in_channels == 4 else None
+        if self.device_runtime is not None and device_loop_supports(sampler):
+            events = device_denoise_loop(self.device_runtime, loop_tensors(
+                plan=plan, latents=latents, text_embeddings=cond.text_embeddings,
+                guidance_scale=request.guidance_scale, init_latents=blend_latents, noise=noise,
+                mask=cond.latent_mask, extra_channels=cond.extra_channels,
+            ), plan)
+        else:
+            denoise = guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
+            events = denoise_loop(
+                sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
+                init_latents=blend_latents, noise=noise, mask=cond.latent_mask,
+            )
 
         step_seconds = []
-        for event in denoise_loop(
-            sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
-            # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
-            init_latents=cond.init_latents if self.unet_in_channels == 4 else None,
-            noise=noise, mask=cond.latent_mask,
-        ):
+        for event in events:
             step_seconds.append(event.seconds)
-            latents = event.latents
+            last_event = event
             yield event
+        latents = last_event.latents  # read after the loop: a device loop copies to the host only this once
         timings["denoise"] = float(sum(step_seconds))
 
         started = time.perf_counter()

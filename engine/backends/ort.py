@@ -82,6 +82,12 @@ class OrtGraph:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
+    def device_runtime(self):
+        """The device-resident loop's runtime around this (UNet) session: engine/device_loop.py."""
+        from .ort_device import OrtDeviceRuntime
+
+        return OrtDeviceRuntime(self.session)
+
     def input_shape(self, name: str) -> Sequence[int | None]:
         return next(shape for n, _, shape in self._declared if n == name)
 
