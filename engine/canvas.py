@@ -54,6 +54,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Source
     """
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # PIL refuses at open() past twice its own limit: too large
+        raise InvalidImage(f"declares more pixels than the limit of {max_pixels}", too_large=True) from None
     except Exception as exc:  # PIL raises several unrelated types for junk input
         raise InvalidImage(f"is not a decodable image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
     if image.format not in ACCEPTED_FORMATS:

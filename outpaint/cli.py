@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from outpaint.engine.errors import OutpaintError
+from outpaint.server.cli import add_keys as _add_keys
+from outpaint.server.cli import add_serve as _add_serve
 
 
 def _add_export(sub) -> None:
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys):
         add(sub)
     return parser
 

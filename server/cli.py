@@ -1,0 +1,157 @@
+"""`outpaint serve` and `outpaint keys ...` (registered by outpaint/cli.py).
+
+Nothing here imports FastAPI or uvicorn at module level: the CLI works without the `serve` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .config import MIB, ServerConfig
+
+
+def add_serve(sub) -> None:
+    defaults = ServerConfig(model=Path("."))
+    p = sub.add_parser("serve", help="serve the outpainting HTTP API (drop-in for the hosted SD 1.5 endpoint)")
+    p.add_argument("--model", type=Path, required=True, help="exported model folder")
+    p.add_argument("--db", type=Path, help="SQLite credits store (created if missing; see `outpaint keys`)")
+    p.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
+    p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
+    p.add_argument("--backend", default=defaults.backend, help=f"graph runtime (default {defaults.backend})")
+    p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
+    p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
+    p.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                   help=f"generations running at once on the one pipeline (default {defaults.concurrency})")
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                   help=f"generations allowed to wait beyond the running ones; more get 503 "
+                        f"(default {defaults.max_queue})")
+    p.add_argument("--timeout", type=float, default=defaults.timeout_s, dest="timeout_s",
+                   help=f"per-request deadline in seconds, queue wait included (default {defaults.timeout_s:g})")
+    p.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s, dest="drain_timeout_s",
+                   help=f"on SIGTERM, seconds to let admitted work finish (default {defaults.drain_timeout_s:g})")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                   help=f"request body limit, 413 beyond (default {defaults.max_body_bytes // MIB} MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                   help=f"decoded source image limit in pixels, 413 beyond (default {defaults.max_image_pixels})")
+    p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    import logging
+
+    try:
+        from .run import serve
+    except ImportError as exc:
+        raise SystemExit(f"outpaint serve needs the serve extra ({exc.name} is missing): "
+                         "pip install 'outpaint[serve]'") from None
+    logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
+    config = ServerConfig(
+        model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, no_auth=args.no_auth,
+        price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
+        drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
+    )
+    return serve(config, log_level=args.log_level)
+
+
+def add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="manage API keys and credits of `outpaint serve`")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+
+    create = keys.add_parser("create", help="create a key; prints it once (only its hash is stored)")
+    create.add_argument("--db", type=Path, required=True, help="SQLite credits store (created if missing)")
+    create.add_argument("--credits", type=int, required=True, help="starting balance")
+    create.add_argument("--name", default="", help="a label for listings (who the key is for)")
+    create.set_defaults(func=_cmd_create)
+
+    listing = keys.add_parser("list", help="keys with their balances (never the keys themselves)")
+    listing.add_argument("--db", type=Path, required=True)
+    listing.set_defaults(func=_cmd_list)
+
+    add = keys.add_parser("add-credits", help="add credits to a key")
+    add.add_argument("--db", type=Path, required=True)
+    add.add_argument("--id", type=int, required=True, dest="key_id", help="key id (see `outpaint keys list`)")
+    add.add_argument("--credits", type=int, required=True)
+    add.set_defaults(func=_cmd_add_credits)
+
+    revoke = keys.add_parser("revoke", help="revoke a key: it gets 401 from then on")
+    revoke.add_argument("--db", type=Path, required=True)
+    revoke.add_argument("--id", type=int, required=True, dest="key_id")
+    revoke.set_defaults(func=_cmd_revoke)
+
+
+def _open(db: Path, *, create: bool = False):
+    from .credits import CreditStore
+
+    if not create and not db.is_file():
+        raise SystemExit(f"outpaint keys: {db} does not exist; create a key first with "
+                         f"`outpaint keys create --db {db} --credits N`")
+    return CreditStore(db)
+
+
+def _fail(exc: Exception) -> SystemExit:
+    return SystemExit(f"outpaint keys: {exc}")
+
+
+def _cmd_create(args) -> int:
+    from .credits import CreditError
+
+    store = _open(args.db, create=True)
+    try:
+        key_id, key = store.create_key(args.credits, args.name)
+    except CreditError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    # The key alone on stdout (KEY=$(outpaint keys create ...)); the rest on stderr.
+    print(f"created key id {key_id} with {args.credits} credits; it is shown only now, store it:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _cmd_list(args) -> int:
+    store = _open(args.db)
+    try:
+        rows = store.list_keys()
+    finally:
+        store.close()
+    print(f"{'id':>4}  {'key':<12}  {'balance':>8}  {'charged':>7}  {'open':>4}  {'created':<16}  {'status':<7}  name")
+    for k in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
+        status = "revoked" if k.revoked_at else "active"
+        print(f"{k.id:>4}  {k.prefix + '...':<12}  {k.balance:>8}  {k.images_charged:>7}  {k.open_reservations:>4}  "
+              f"{created:<16}  {status:<7}  {k.name}")
+    return 0
+
+
+def _cmd_add_credits(args) -> int:
+    from .credits import CreditError
+
+    store = _open(args.db)
+    try:
+        balance = store.add_credits(args.key_id, args.credits)
+    except CreditError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    print(f"key {args.key_id}: balance {balance}")
+    return 0
+
+
+def _cmd_revoke(args) -> int:
+    from .credits import CreditError
+
+    store = _open(args.db)
+    try:
+        store.revoke(args.key_id)
+    except CreditError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    print(f"key {args.key_id}: revoked")
+    return 0
+

@@ -1,0 +1,54 @@
+"""Everything `outpaint serve` can be told, with the defaults docs/server.md documents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from outpaint.engine.canvas import DEFAULT_MAX_PIXELS
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: Path
+    db: Path | None = None  # SQLite credits store; required unless no_auth
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "ort-cpu"
+    no_auth: bool = False
+    price: int = 1  # credits per delivered image
+    concurrency: int = 1  # generations running at once on the one pipeline
+    max_queue: int = 8  # generations waiting beyond those running; more is a 503
+    timeout_s: float = 300.0  # per-request deadline, queue wait included
+    drain_timeout_s: float = 300.0  # how long a SIGTERM waits for admitted work before exiting
+    # A base64 1024x1024 PNG is ~4-6 MB; 16 MiB leaves room for large JPEG/WebP sources.
+    max_body_bytes: int = 16 * MIB
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decoded source limit (width x height), from the header
+    jpeg_quality: int = 95
+
+    def problems(self) -> list[str]:
+        """What is wrong with this configuration, as messages naming the flag (empty when fine)."""
+        found = []
+        if not self.no_auth and self.db is None:
+            found.append("--db FILE is required (the credits store), or --no-auth for local use without keys")
+        if self.price < 1:
+            found.append(f"--price must be >= 1 credit, got {self.price}")
+        if self.concurrency < 1:
+            found.append(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.max_queue < 0:
+            found.append(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.timeout_s <= 0:
+            found.append(f"--timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.drain_timeout_s < 0:
+            found.append(f"--drain-timeout must be >= 0 seconds, got {self.drain_timeout_s}")
+        if self.max_body_bytes < 1024:
+            found.append(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_image_pixels < 64 * 64:
+            found.append(f"--max-image-pixels must be >= 4096, got {self.max_image_pixels}")
+        if not 1 <= self.jpeg_quality <= 100:
+            found.append(f"--jpeg-quality must be 1 to 100, got {self.jpeg_quality}")
+        if not 0 <= self.port <= 65535:
+            found.append(f"--port must be 0 to 65535, got {self.port}")
+        return found

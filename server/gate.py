@@ -1,0 +1,155 @@
+"""The bounded queue in front of the one loaded pipeline.
+
+At most `concurrency` generations run (worker threads: the pipeline holds no per-request state),
+at most `max_queue` more wait; past that a request is turned away at once (503) instead of
+piling up until every client times out. Each generation runs `pipe.generate` in a worker thread
+and, between denoising steps, checks its `Ticket`: a client that disconnected or a deadline that
+passed stops the loop at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from outpaint.engine.canvas import SourceImage
+from outpaint.engine.errors import Cancelled
+from outpaint.engine.loop import StepEvent
+from outpaint.engine.pipeline import OutpaintResult
+from outpaint.engine.request import OutpaintRequest
+
+
+class QueueFull(Exception):
+    """More requests are running and waiting than the queue allows."""
+
+
+class Draining(Exception):
+    """The server is shutting down: it finishes what it has and takes nothing new."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's time budget (queue wait included) ran out."""
+
+
+@dataclass
+class Ticket:
+    """One admitted generation: how the request side tells the worker to stop."""
+
+    deadline: float  # time.monotonic() after which the generation stops
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None  # monotonic time a worker picked it up
+
+    def check(self) -> None:
+        if self.disconnected.is_set():
+            raise Cancelled("the client disconnected")
+        if time.monotonic() > self.deadline:
+            raise DeadlineExceeded("the request did not finish within the server's time limit")
+
+
+class Gate:
+    """Admission (event-loop side, no lock needed: one thread) and the worker threads."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        concurrency: int = 1,
+        max_queue: int = 8,
+        on_step: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        if concurrency < 1 or max_queue < 0:
+            raise ValueError(f"concurrency must be >= 1 and max_queue >= 0, got {concurrency}, {max_queue}")
+        self.pipeline = pipeline
+        self.concurrency = concurrency
+        self.max_queue = max_queue
+        self.on_step = on_step
+        self.admitted = 0  # running + waiting
+        self.running = 0
+        self.draining = False
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="outpaint-generate")
+        self._running_lock = threading.Lock()
+        self._recent_seconds = 0.0  # moving average of a generation's duration, for Retry-After
+
+    @property
+    def waiting(self) -> int:
+        return self.admitted - self.running
+
+    def idle(self) -> bool:
+        return self.admitted == 0
+
+    def retry_after_seconds(self) -> int:
+        """How long a turned-away client should wait: the queue ahead of it, at the recent pace."""
+        per_request = self._recent_seconds or 1.0
+        return max(1, math.ceil(per_request * max(1, self.admitted) / self.concurrency))
+
+    def admit(self) -> None:
+        """Take a slot or raise QueueFull / Draining. Synchronous: no other request interleaves."""
+        if self.draining:
+            raise Draining("the server is shutting down")
+        if self.admitted >= self.concurrency + self.max_queue:
+            raise QueueFull(
+                f"{self.running} generations running and {self.waiting} waiting: the queue "
+                f"(max {self.max_queue}) is full"
+            )
+        self.admitted += 1
+
+    def release(self) -> None:
+        self.admitted -= 1
+
+    async def run(
+        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
+    ) -> tuple[OutpaintResult, Any]:
+        """Generate in a worker thread (the caller has admitted it); returns (result, encode(result)).
+
+        The caller must `release()` afterwards. If this coroutine is cancelled, the worker is told to
+        stop and is awaited before the cancellation propagates, so a slot is never freed while a
+        generation still occupies a worker.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._generate, source, request, ticket, encode)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            ticket.disconnected.set()
+            with contextlib.suppress(Exception):  # the caller is already handling a cancellation
+                await future
+            raise
+
+    def _generate(
+        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
+    ) -> tuple[OutpaintResult, Any]:
+        ticket.check()  # it may have waited in the queue past its deadline, or its client left
+        ticket.started = time.monotonic()
+        with self._running_lock:
+            self.running += 1
+        try:
+            generator = self.pipeline.generate(source, request)
+            try:
+                for item in generator:
+                    if isinstance(item, StepEvent):
+                        self.on_step(item.seconds)
+                        ticket.check()
+                    elif isinstance(item, OutpaintResult):
+                        encoded = encode(item)
+                        self._remember(time.monotonic() - ticket.started)
+                        return item, encoded
+            finally:
+                generator.close()  # stops the denoising loop where it is
+            raise Cancelled("the generation ended without a result")
+        finally:
+            with self._running_lock:
+                self.running -= 1
+
+    def _remember(self, seconds: float) -> None:
+        self._recent_seconds = seconds if not self._recent_seconds else 0.8 * self._recent_seconds + 0.2 * seconds
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
