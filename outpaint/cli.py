@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from outpaint.benchmarks.cli import add_bench as _add_bench
 from outpaint.engine.errors import OutpaintError
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench):
         add(sub)
     return parser
 

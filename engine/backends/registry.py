@@ -23,9 +23,21 @@ def _ort_loader(providers: tuple) -> GraphLoader:
     return load
 
 
+def _openvino_loader(precision: str) -> GraphLoader:
+    def load(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+        from .openvino import OvOptions, load_openvino_graphs
+
+        files = {name: manifest.graphs[name].file for name in GRAPHS}
+        return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision)))
+
+    return load
+
+
 BACKENDS: dict[str, GraphLoader] = {
     "ort-cpu": _ort_loader(("CPUExecutionProvider",)),
     "ort-cuda": _ort_loader(("CUDAExecutionProvider", "CPUExecutionProvider")),
+    "openvino-bf16": _openvino_loader("bf16"),
+    "openvino-fp32": _openvino_loader("fp32"),
 }
 
 

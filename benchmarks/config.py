@@ -1,0 +1,83 @@
+"""What one benchmark run measures: systems, canvases, run counts. Everything here is a CLI flag."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+# Systems: ours start with "outpaint", peers with their framework's name (results.json contract).
+OURS = ("outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-openvino-bf16", "outpaint-fast")
+PEERS = ("diffusers-torch-fp32", "openvino-fp32", "openvino-bf16")
+SYSTEMS = (*PEERS, *OURS)
+# The whole outpaint is the most expensive row; by default it runs for the reference systems only.
+WHOLE_DEFAULT = ("diffusers-torch-fp32", "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast")
+REFERENCE_FP32 = "outpaint-ort-cpu"  # the image the fast path's PSNR is measured against
+SIZES = ("tiny", "full")
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """'768x512' -> (768, 512) as (width, height); both multiples of 64."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"canvas {text!r} is not WIDTHxHEIGHT, e.g. 768x512") from None
+    if width <= 0 or height <= 0 or width % 64 or height % 64:
+        raise ValueError(f"canvas {text!r}: width and height must be positive multiples of 64")
+    return width, height
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    """The levers of outpaint-fast (engine.fast_pipeline.FastPathOptions); None = lever off."""
+
+    backend: str = "openvino-bf16"
+    decode_margin: int | None = 4
+    window_margin: int | None = 7
+    unguided_tail_steps: int = 0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    size: str = "full"  # which random-weight model: tiny (smoke test) or full (SD 1.5 size, real timings)
+    model_dir: str = ""
+    systems: tuple[str, ...] = SYSTEMS
+    whole_systems: tuple[str, ...] = WHOLE_DEFAULT
+    unet_canvases: tuple[str, ...] = ("512x512", "768x512", "1024x1024")
+    outpaint_canvas: str = "512x512"  # the source fills its left half
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 1234
+    warmup: int = 1
+    runs: int = 3  # text encoder, VAE, UNet at canvases below 1024x1024
+    runs_large: int = 2  # UNet at canvases of 1024x1024 pixels or more
+    whole_runs: int = 1
+    fast: FastSettings = field(default_factory=FastSettings)
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        unknown = [s for s in (*self.systems, *self.whole_systems) if s not in SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown systems {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+        for canvas in (*self.unet_canvases, self.outpaint_canvas):
+            parse_canvas(canvas)
+        for name in ("runs", "runs_large", "whole_runs", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+    def runs_for(self, canvas: str) -> int:
+        width, height = parse_canvas(canvas)
+        return self.runs_large if width * height >= 1024 * 1024 else self.runs
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchConfig:
+        data = json.loads(text)
+        data["fast"] = FastSettings(**data["fast"])
+        for key in ("systems", "whole_systems", "unet_canvases"):
+            data[key] = tuple(data[key])
+        return cls(**data)

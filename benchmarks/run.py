@@ -1,0 +1,119 @@
+"""Run every system in its own process, then write results.json and print the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .config import BenchConfig
+from .machine import describe_machine, library_versions, load_average
+
+DEFAULT_MODEL_ROOT = Path.home() / ".cache" / "outpaint"
+SCHEMA_VERSION = 1
+
+
+def default_model_dir(size: str) -> Path:
+    return DEFAULT_MODEL_ROOT / f"random-{size}"
+
+
+def ensure_model(model_dir: Path, size: str) -> None:
+    """Export the seed-0 random model of `size` unless `model_dir` already holds all of it.
+
+    The peers rebuild the same weights with build_random_components(size, seed=0), so a folder with
+    other weights would compare different functions: that is an error, not something to overwrite.
+    """
+    from outpaint.engine.errors import ModelError
+    from outpaint.engine.manifest import Manifest
+    from outpaint.export.run import export_model
+
+    if (model_dir / "manifest.json").is_file():
+        manifest = Manifest.load(model_dir)
+        if manifest.fingerprint != f"random:{size}:seed=0:in_channels=4":
+            raise ModelError(
+                f"{model_dir} holds {manifest.source!r}, not the seed-0 random {size} model the peers rebuild; "
+                "give another --model folder"
+            )
+        if len(manifest.graphs) == 4:
+            return
+    print(f"exporting the random {size} model to {model_dir} (once; reused by later runs)", flush=True)
+    export_model(None, model_dir, random=size, seed=0)
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 15.0) -> list[float]:
+    """Wait (up to max_wait_s) until the 1-minute load average is below max_load; return the last reading."""
+    deadline = time.monotonic() + max_wait_s
+    load = load_average()
+    while load[0] >= max_load and time.monotonic() < deadline:
+        print(f"load average {load[0]:.2f} >= {max_load}: waiting for the machine to quieten", flush=True)
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        load = load_average()
+    return load
+
+
+def _run_worker(system: str, config_path: Path, out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    command = [sys.executable, "-m", "outpaint.benchmarks.worker", system, str(config_path), str(out)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    completed = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True, check=False)
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()[-5:]
+        return None, f"exit {completed.returncode}: " + " | ".join(tail)
+    return json.loads(out.read_text()), None
+
+
+def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> dict[str, Any]:
+    model_dir = Path(config.model_dir)
+    ensure_model(model_dir, config.size)
+    started = time.time()
+    machine = describe_machine()
+    machine["load_average_start"] = load_average()
+    rows: list[dict[str, Any]] = []
+    images: dict[str, dict[str, str]] = {}
+    notes: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="outpaint-bench-") as tmp:
+        workdir = Path(tmp)
+        config_path = workdir / "config.json"
+        config_path.write_text(config.to_json())
+        for system in config.systems:
+            print(f"[{time.time() - started:6.0f} s] {system}", flush=True)
+            result, error = _run_worker(system, config_path, workdir / f"{system}.json")
+            if error:
+                errors[system] = error
+                print(f"  {system} failed: {error}", flush=True)
+                continue
+            rows += result["rows"]
+            images[system] = result["artifacts"]
+            notes[system] = [*result["notes"], f"worker took {result['seconds']} s"]
+        quality = report.quality(images)
+        agreement = report.agreement(images)
+    machine["load_average_end"] = load_average()
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine,
+        "versions": library_versions(),
+        "config": asdict(config),
+        "rows": rows,
+        "ratios": report.ratios(rows),
+        "quality": quality,
+        "psnr_threshold_db": report.PSNR_THRESHOLD_DB,
+        "agreement": agreement,
+        "targets": report.targets(rows, quality, config),
+        "notes": notes,
+        "errors": errors,
+    }
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=1) + "\n")
+    return results

@@ -1,0 +1,128 @@
+"""The PyTorch peer: diffusers' StableDiffusionInpaintPipeline on the same random weights.
+
+build_random_components(size, seed=0) builds exactly the modules `outpaint export --random` exported,
+so both engines compute the same functions (results.json's "agreement" checks that on the UNet).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import BenchConfig
+from .recorder import Recorder
+from .timing import NO_CANVAS
+from .workload import (
+    NEGATIVE_PROMPT,
+    PROMPT,
+    outpaint_noise,
+    outpaint_request,
+    source_image,
+    unet_inputs,
+    vae_inputs,
+)
+
+
+def _pipeline(config: BenchConfig):
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from outpaint.export.random_models import build_random_components
+    from transformers import CLIPTokenizer
+
+    components = build_random_components(config.size, seed=0)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=components.vae, text_encoder=components.text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(components.tokenizer_dir)), unet=components.unet,
+        scheduler=DDIMScheduler.from_config(components.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class _StepClock:
+    """Forward hooks on the UNet and the step-end callback: per-step wall time minus UNet time."""
+
+    def __init__(self, unet) -> None:
+        self.unet_start: list[float] = []
+        self.unet_seconds: list[float] = []
+        self.step_end: list[float] = []
+        self._handles = [
+            unet.register_forward_pre_hook(lambda *_: self.unet_start.append(time.perf_counter())),
+            unet.register_forward_hook(
+                lambda *_: self.unet_seconds.append(time.perf_counter() - self.unet_start[-1])
+            ),
+        ]
+
+    def callback(self, pipe, step, timestep, kwargs):
+        self.step_end.append(time.perf_counter())
+        return {}
+
+    def overhead(self) -> list[float]:
+        begins = [self.unet_start[0], *self.step_end[:-1]]
+        return [end - begin - unet for begin, end, unet in zip(begins, self.step_end, self.unet_seconds, strict=True)]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def run(system: str, config: BenchConfig, rec: Recorder) -> None:
+    import torch
+    from outpaint.engine import canvas as cv
+    from PIL import Image
+
+    started = time.perf_counter()
+    pipe = _pipeline(config)
+    rec.notes.append(f"built in {time.perf_counter() - started:.1f} s; torch threads {torch.get_num_threads()}")
+    hidden = pipe.text_encoder.config.hidden_size
+    canvas = config.outpaint_canvas
+    image, latent = (torch.from_numpy(a) for a in vae_inputs(canvas))
+
+    def unet_step(at: str) -> None:
+        feeds = {k: torch.from_numpy(v) for k, v in unet_inputs(at, hidden).items()}
+        x = feeds["sample"][:1]
+
+        def step():
+            eps = pipe.unet(torch.cat([x, x]), feeds["timestep"], encoder_hidden_states=feeds["encoder_hidden_states"]
+                            ).sample
+            uncond, cond = eps.chunk(2)
+            return uncond + config.guidance * (cond - uncond)
+
+        rec.save(f"unet_step_{at}", rec.measure("unet_step", at, step, runs=config.runs_for(at)).numpy())
+
+    with torch.no_grad():
+        rec.measure("text_encoder", NO_CANVAS,
+                    lambda: pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE_PROMPT), runs=config.runs)
+        rec.measure("vae_encode", canvas, lambda: pipe.vae.encode(image).latent_dist.mean, runs=config.runs)
+        rec.measure("vae_decode", canvas, lambda: pipe.vae.decode(latent).sample, runs=config.runs)
+        if canvas in config.unet_canvases:
+            unet_step(canvas)
+        if system in config.whole_systems:
+            request = outpaint_request(config)
+            placed = cv.make_canvas(source_image(config), width=request.img_width, height=request.img_height,
+                                    mask_expand=request.mask_expand)
+            infilled = cv.infill(placed, request.infill, np.random.default_rng([request.seed, 1]))
+            kwargs = dict(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, image=Image.fromarray(infilled),
+                mask_image=Image.fromarray((placed.mask * 255).astype(np.uint8)), height=request.img_height,
+                width=request.img_width, num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale, strength=1.0,
+                latents=torch.from_numpy(outpaint_noise(config)), output_type="np",
+            )
+            totals, overhead, out = [], [], None
+            for _ in range(config.whole_runs):
+                clock = _StepClock(pipe.unet)
+                started = time.perf_counter()
+                out = pipe(**kwargs, callback_on_step_end=clock.callback).images[0]
+                totals.append(time.perf_counter() - started)
+                overhead.extend(clock.overhead())
+                clock.close()
+            rec.add_samples(f"outpaint_{config.steps}_steps", canvas, totals)
+            rec.add_samples("sampler_overhead_step", canvas, overhead)
+            decoded = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+            rec.save("image", cv.paste_back(decoded, placed))  # the same paste-back as ours, for the PSNR
+            rec.save("mask", placed.mask > 0)
+        for at in config.unet_canvases:
+            if at != canvas:
+                unet_step(at)

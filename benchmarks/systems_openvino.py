@@ -1,0 +1,68 @@
+"""The OpenVINO peer: plain OpenVINO reading our ONNX files, static shapes, one inference precision.
+
+This is what a user of OpenVINO would write (read_model, reshape, compile_model with the precision
+hint, infer); it is the yardstick of our openvino backends, which must add no overhead to it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import BenchConfig
+from .recorder import Recorder
+from .timing import NO_CANVAS
+from .workload import unet_inputs, vae_inputs
+
+PRECISION_HINT = {"openvino-fp32": "f32", "openvino-bf16": "bf16"}
+
+
+def _compiled(core, path: Path, shapes: dict[str, tuple[int, ...]], precision: str):
+    model = core.read_model(str(path))
+    model.reshape({name: list(shape) for name, shape in shapes.items()})
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    return core.compile_model(model, "CPU", config).create_infer_request()
+
+
+def run(system: str, config: BenchConfig, rec: Recorder) -> None:
+    import openvino as ov
+    from outpaint.engine.manifest import Manifest
+
+    core = ov.Core()
+    precision = PRECISION_HINT[system]
+    folder = Path(config.model_dir)
+    manifest = Manifest.load(folder)
+    hidden = manifest.text_hidden_size
+    path = {name: folder / record.file for name, record in manifest.graphs.items()}
+    canvas = config.outpaint_canvas
+    image, latent = vae_inputs(canvas)
+
+    def infer(request, feeds):
+        request.infer(feeds, share_inputs=True)
+        return request.get_output_tensor(0).data
+
+    def timed_compile(name: str, shapes: dict[str, tuple[int, ...]]):
+        started = time.perf_counter()
+        request = _compiled(core, path[name], shapes, precision)
+        rec.notes.append(f"{name} {shapes}: compiled in {time.perf_counter() - started:.1f} s")
+        return request
+
+    def measure_graph(name: str, stage: str, at: str, feeds: dict[str, np.ndarray]) -> None:
+        request = timed_compile(name, {key: value.shape for key, value in feeds.items()})
+        rec.measure(stage, at, lambda: infer(request, feeds), runs=config.runs)
+
+    measure_graph("text_encoder", "text_encoder", NO_CANVAS, {"input_ids": np.ones((2, 77), dtype=np.int64)})
+    measure_graph("vae_encoder", "vae_encode", canvas, {"image": image})
+    measure_graph("vae_decoder", "vae_decode", canvas, {"latent": latent})
+    for at in config.unet_canvases:
+        feeds = unet_inputs(at, hidden)
+        feeds["sample"] = np.concatenate([feeds["sample"][:1]] * 2)  # [x, x] as in a guided step
+        unet = timed_compile("unet", {name: value.shape for name, value in feeds.items()})
+
+        def step(unet=unet, feeds=feeds):
+            eps = infer(unet, feeds)
+            return eps[:1] + np.float32(config.guidance) * (eps[1:] - eps[:1])
+
+        rec.save(f"unet_step_{at}", rec.measure("unet_step", at, step, runs=config.runs_for(at)))

@@ -1,0 +1,142 @@
+"""Our engine, measured through its public pipeline API: one backend per system, plus the fast path."""
+
+from __future__ import annotations
+
+import time
+
+from .config import BenchConfig
+from .recorder import Recorder
+from .timing import NO_CANVAS
+from .workload import (
+    NEGATIVE_PROMPT,
+    PROMPT,
+    UNET_TIMESTEP,
+    outpaint_request,
+    source_image,
+    unet_inputs,
+    vae_inputs,
+)
+
+BACKEND_OF = {
+    "outpaint-ort-cpu": "ort-cpu",
+    "outpaint-openvino-fp32": "openvino-fp32",
+    "outpaint-openvino-bf16": "openvino-bf16",
+}
+
+
+class TimedRunner:
+    """A GraphRunner that records the wall time of each call of the runner it wraps."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.input_names = inner.input_names
+        self.output_names = inner.output_names
+        self.seconds: list[float] = []
+
+    def run(self, feeds):
+        started = time.perf_counter()
+        out = self.inner.run(feeds)
+        self.seconds.append(time.perf_counter() - started)
+        return out
+
+
+def _load(system: str, config: BenchConfig):
+    from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    if system == "outpaint-fast":
+        fast = config.fast
+        options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
+                                  unguided_tail_steps=fast.unguided_tail_steps)
+        return FastOutpaintPipeline.load(config.model_dir, fast.backend, options)
+    return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system])
+
+
+def _whole_outpaint(pipe, config: BenchConfig, rec: Recorder) -> None:
+    """The whole request, several times; the per-step time outside the UNet is the sampler's overhead."""
+    timed = TimedRunner(pipe.graphs["unet"])
+    pipe.graphs["unet"] = timed  # our own pipeline instance: measurement only
+    source, request = source_image(config), outpaint_request(config)
+    overhead, totals, result = [], [], None
+    for _ in range(config.whole_runs):
+        timed.seconds.clear()
+        started = time.perf_counter()
+        result = pipe(source, request)
+        totals.append(time.perf_counter() - started)
+        # One UNet call per DDIM step (the tail-unguided fast path too: batch 1 instead of 2).
+        overhead.extend(step - unet for step, unet in zip(result.step_seconds, timed.seconds, strict=True))
+    pipe.graphs["unet"] = timed.inner
+    rec.add_samples(f"outpaint_{config.steps}_steps", config.outpaint_canvas, totals)
+    rec.add_samples("sampler_overhead_step", config.outpaint_canvas, overhead)
+    rec.save("image", result.image)
+    rec.save("mask", result.canvas.mask > 0)
+
+
+def run(system: str, config: BenchConfig, rec: Recorder) -> None:
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.loop import guided_denoiser
+
+    started = time.perf_counter()
+    pipe = _load(system, config)
+    rec.notes.append(f"loaded in {time.perf_counter() - started:.1f} s")
+    hidden = pipe.manifest.text_hidden_size
+    canvas = config.outpaint_canvas
+    image, latent = vae_inputs(canvas)
+    rgb = cv.from_model_image(image)
+    latents = latent * pipe.scaling_factor
+
+    def unet_step(name: str, at: str, unet) -> None:
+        feeds = unet_inputs(at, hidden)
+        denoise = guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance)
+        eps = rec.measure(name, at, lambda: denoise(feeds["sample"][:1], UNET_TIMESTEP), runs=config.runs_for(at))
+        rec.save(f"{name}_{at}", eps)
+
+    if system == "outpaint-fast":
+        _fast_stages(pipe, config, rec)
+    else:
+        rec.measure("text_encoder", NO_CANVAS, lambda: pipe.encode_text(PROMPT, NEGATIVE_PROMPT), runs=config.runs)
+        rec.measure("vae_encode", canvas, lambda: pipe.encode_image(rgb), runs=config.runs)
+        rec.measure("vae_decode", canvas, lambda: pipe.decode_latents(latents), runs=config.runs)
+        # The outpaint canvas first, so the whole outpaint below reuses its warm (compiled) shapes.
+        if canvas in config.unet_canvases:
+            unet_step("unet_step", canvas, pipe.unet)
+    if system in config.whole_systems:
+        _whole_outpaint(pipe, config, rec)
+    if system != "outpaint-fast":
+        for at in config.unet_canvases:
+            if at != canvas:
+                unet_step("unet_step", at, pipe.unet)
+
+
+def _fast_stages(pipe, config: BenchConfig, rec: Recorder) -> None:
+    """The fast path's own stages on the outpaint canvas: windowed UNet step, region decode."""
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.fast_pipeline import tail_guided_denoiser, windowed_unet
+
+    request = outpaint_request(config)
+    placed = cv.make_canvas(source_image(config), width=request.img_width, height=request.img_height,
+                            mask_expand=request.mask_expand)
+    mask = cv.latent_mask(placed.mask)
+    hidden = pipe.manifest.text_hidden_size
+    feeds = unet_inputs(config.outpaint_canvas, hidden)
+    window = pipe.unet_window(mask)
+    unet = pipe.unet if window is None else windowed_unet(pipe.unet, window)
+    everything = frozenset({UNET_TIMESTEP})
+    if window is not None:
+        rec.notes.append(f"UNet window: {window.width}x{window.height} latent cells of "
+                         f"{mask.shape[3]}x{mask.shape[2]}")
+    guided = tail_guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance, frozenset())
+    rec.measure("unet_step_window", config.outpaint_canvas, lambda: guided(feeds["sample"][:1], UNET_TIMESTEP),
+                runs=config.runs)
+    if config.fast.unguided_tail_steps:
+        unguided = tail_guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance, everything)
+        rec.measure("unet_step_window_unguided", config.outpaint_canvas,
+                    lambda: unguided(feeds["sample"][:1], UNET_TIMESTEP), runs=config.runs)
+    _, latent = vae_inputs(config.outpaint_canvas)
+    latents = latent * pipe.scaling_factor
+    rec.measure("vae_decode_region", config.outpaint_canvas, lambda: pipe.decode_region(latents, placed, mask),
+                runs=config.runs)
+    # Warm the remaining graphs at the request's shapes so the whole outpaint does not compile.
+    pipe.encode_text(PROMPT, NEGATIVE_PROMPT)
+    pipe.encode_image(cv.from_model_image(vae_inputs(config.outpaint_canvas)[0]))

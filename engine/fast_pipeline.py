@@ -1,0 +1,180 @@
+"""The CPU fast path: the same computation as OutpaintPipeline, with outpainting-specific savings.
+
+Levers (each measured in benchmarks/; see docs/benchmarks.md for what each one buys and costs):
+
+- region decode (`decode_margin`): the VAE decodes only the latent box around the mask plus a
+  context margin; everything outside the box is the source, which paste-back would have returned
+  bit for bit anyway (alpha is 1 wherever the mask is 0). Exact outside the mask; inside it the
+  decoder sees less context (its mid-block attention is global), so pixels there move slightly.
+- windowed denoising (`window_margin`): the UNet runs on the latent window around the mask plus a
+  context margin (sizes rounded to 8 cells for the UNet's downsamplings). Outside the window the
+  mask is 0, so the blend overwrites the latents with the re-noised source anyway: exact outside
+  the mask, an approximation inside it (less context for attention and convolutions).
+- guidance-free tail (`unguided_tail_steps`): the last steps run the UNet on the prompt alone
+  (batch 1 instead of 2). An approximation: it changes the image, a little at low noise levels.
+
+Off-switches: a margin of None and a tail of 0 give exactly OutpaintPipeline's result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import canvas as cv
+from .errors import InvalidRequest
+from .loop import StepEvent, UNetFn, denoise_loop, guide
+from .pipeline import OutpaintPipeline, OutpaintResult, draw_seed
+from .regions import UNET_MULTIPLE, Box, regenerate_box
+from .request import OutpaintRequest
+from .schedulers import Denoiser, get_sampler
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    decode_margin: int | None = 4  # latent cells of decoder context around the mask; None = decode everything
+    window_margin: int | None = None  # latent cells of UNet context around the mask; None = whole canvas
+    unguided_tail_steps: int = 0  # final steps without classifier-free guidance
+
+    def __post_init__(self) -> None:
+        for name in ("decode_margin", "window_margin"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidRequest(name, f"must be None (off) or a number of latent cells >= 0, got {value}")
+        if self.unguided_tail_steps < 0:
+            raise InvalidRequest("unguided_tail_steps", f"must be >= 0, got {self.unguided_tail_steps}")
+
+
+def windowed_unet(unet: UNetFn, window: Box) -> UNetFn:
+    """Run `unet` on the latent window only; eps is 0 outside it (the blend overwrites those cells)."""
+    ys, xs = window.slices
+
+    def run(feeds):
+        sample = feeds["sample"]  # (2B, C, h, w) float32
+        crop = np.ascontiguousarray(sample[:, :, ys, xs])
+        out = unet({**feeds, "sample": crop})["out_sample"]  # (2B, 4, window h, window w)
+        full = np.zeros((sample.shape[0], out.shape[1], *sample.shape[2:]), dtype=np.float32)
+        full[:, :, ys, xs] = out
+        return {"out_sample": full}
+
+    return run
+
+
+def tail_guided_denoiser(
+    unet: UNetFn,
+    text_embeddings: np.ndarray,  # (2, 77, D) float32: [uncond, cond]
+    guidance_scale: float,
+    unguided_timesteps: frozenset[float],
+    extra_channels: np.ndarray | None = None,  # (1, 5, h, w), 9-channel UNet only
+) -> Denoiser:
+    """Like loop.guided_denoiser, but at `unguided_timesteps` only the prompt half runs (eps = eps_c)."""
+    both = np.ascontiguousarray(text_embeddings)
+    cond = np.ascontiguousarray(text_embeddings[1:])
+
+    def denoise(model_input: np.ndarray, timestep: float) -> np.ndarray:
+        sample = model_input if extra_channels is None else np.concatenate([model_input, extra_channels], axis=1)
+        t = np.array([timestep], dtype=np.float32)
+        if guidance_scale == 1.0 or timestep in unguided_timesteps:
+            return unet({"sample": sample, "timestep": t, "encoder_hidden_states": cond})["out_sample"]
+        eps = unet({"sample": np.concatenate([sample, sample], axis=0), "timestep": t,
+                    "encoder_hidden_states": both})["out_sample"]
+        return guide(eps[:1], eps[1:], guidance_scale)
+
+    return denoise
+
+
+class FastOutpaintPipeline(OutpaintPipeline):
+    """OutpaintPipeline (default backend openvino-bf16) plus the levers of `FastPathOptions`."""
+
+    def __init__(self, folder: Path, backend: str = "openvino-bf16", options: FastPathOptions | None = None) -> None:
+        super().__init__(Path(folder), backend)
+        self.options = options or FastPathOptions()
+
+    @classmethod
+    def load(cls, folder, backend="openvino-bf16", options: FastPathOptions | None = None):  # type: ignore[override]
+        return cls(Path(folder), backend, options)
+
+    def decode_region(self, latents: np.ndarray, canvas: cv.Canvas, latent_mask: np.ndarray) -> np.ndarray:
+        """(1, 4, h, w) latents -> (H, W, 3) uint8: decoded inside the mask's box, the source outside."""
+        margin = self.options.decode_margin
+        h, w = latents.shape[2:]
+        box = regenerate_box(latent_mask, margin) if margin is not None else Box(0, h, 0, w)
+        if box.covers(h, w):
+            return self.decode_latents(latents)
+        ys, xs = box.slices
+        part = self.decode_latents(np.ascontiguousarray(latents[:, :, ys, xs]))
+        # Outside the box the mask is 0, where paste-back returns the source pixels exactly.
+        out = canvas.rgb.copy()
+        out[box.pixels()] = part
+        return out
+
+    def unet_window(self, latent_mask: np.ndarray) -> Box | None:
+        margin = self.options.window_margin
+        # The 9-channel UNet is not blended, so cells outside a window would not be restored.
+        if margin is None or self.unet_in_channels != 4:
+            return None
+        h, w = latent_mask.shape[2:]
+        box = regenerate_box(latent_mask, margin, UNET_MULTIPLE)
+        return None if box.covers(h, w) else box
+
+    def generate(
+        self,
+        source: cv.SourceImage | bytes,
+        request: OutpaintRequest,
+        *,
+        noise: np.ndarray | None = None,
+    ) -> Iterator[StepEvent | OutpaintResult]:
+        """OutpaintPipeline.generate with the fast-path levers; same events, same result type.
+
+        `result.decoded` holds the source outside the decoded box when the region decode is on.
+        """
+        total_started = time.perf_counter()
+        if isinstance(source, bytes | bytearray | memoryview):
+            source = cv.decode_image(bytes(source))
+        sampler = get_sampler(request.scheduler)
+        seed = draw_seed() if request.seed == -1 else request.seed
+        timings: dict[str, float] = {}
+        cond = self.condition(source, request, seed, timings)
+
+        plan = sampler.plan(self.schedule_config, request.num_inference_steps, request.strength)
+        latent_shape = cond.init_latents.shape
+        rng = np.random.default_rng(seed)
+        if noise is None:
+            noise = rng.standard_normal(latent_shape, dtype=np.float32)
+        elif noise.shape != latent_shape or noise.dtype != np.float32:
+            raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
+        latents = sampler.start(plan, cond.init_latents, noise, request.strength >= 1.0)
+
+        window = self.unet_window(cond.latent_mask)
+        unet = self.unet if window is None else windowed_unet(self.unet, window)
+        extra = cond.extra_channels
+        tail = min(self.options.unguided_tail_steps, plan.num_steps)
+        unguided = frozenset(float(t) for t in plan.timesteps[plan.num_steps - tail:]) if tail else frozenset()
+        denoise = tail_guided_denoiser(unet, cond.text_embeddings, request.guidance_scale, unguided, extra)
+
+        step_seconds = []
+        for event in denoise_loop(
+            sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
+            init_latents=cond.init_latents if self.unet_in_channels == 4 else None,
+            noise=noise, mask=cond.latent_mask,
+        ):
+            step_seconds.append(event.seconds)
+            latents = event.latents
+            yield event
+        timings["denoise"] = float(sum(step_seconds))
+
+        started = time.perf_counter()
+        decoded = self.decode_region(latents, cond.canvas, cond.latent_mask)
+        timings["vae_decode"] = time.perf_counter() - started
+        started = time.perf_counter()
+        image = cv.paste_back(decoded, cond.canvas)
+        timings["paste_back"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - total_started
+        yield OutpaintResult(
+            image=image, seed=seed, decoded=decoded, latents=latents, canvas=cond.canvas,
+            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings),
+        )
