@@ -6,8 +6,24 @@ from ..errors import InvalidRequest
 from .base import Denoiser, Plan, Sampler
 from .config import NoiseScheduleConfig
 from .ddim import DDIM
+from .ddpm import Ddpm
+from .dpm_multistep import DpmMultistep
+from .dpm_singlestep import DpmSinglestep
+from .euler import Euler
+from .euler_ancestral import EulerAncestral
+from .heun import Heun
+from .kdpm2 import KDPM2
+from .kdpm2_ancestral import KDPM2Ancestral
+from .lms import Lms
+from .pndm import Pndm
 
-SAMPLERS: dict[str, Sampler] = {sampler.name: sampler for sampler in (DDIM(),)}
+SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (
+        DDIM(), DpmMultistep(), DpmSinglestep(), EulerAncestral(), Euler(), Heun(),
+        KDPM2Ancestral(), KDPM2(), Lms(), Pndm(), Ddpm(),
+    )
+}
 
 # Every name the hosted API lists, implemented or not, so an unimplemented one gets a clear 400.
 API_SCHEDULER_NAMES = (

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import InvalidRequest
 from .config import NoiseScheduleConfig
 
 # eps = denoise(model_input, timestep): the guided noise prediction for a model-ready input.
@@ -60,6 +61,23 @@ class Sampler(Protocol):
     ) -> np.ndarray:
         """Latents at level index + 1, calling `denoise` as often as the method needs."""
         ...
+
+
+def steps_to_skip(config: NoiseScheduleConfig, num_inference_steps: int, strength: float) -> int:
+    """Validate a plan's inputs and return how many leading steps `strength` skips."""
+    if num_inference_steps < 1:
+        raise InvalidRequest("num_inference_steps", f"must be at least 1, got {num_inference_steps}")
+    if num_inference_steps > config.num_train_timesteps:
+        raise InvalidRequest(
+            "num_inference_steps",
+            f"{num_inference_steps} exceeds the {config.num_train_timesteps} training steps",
+        )
+    skip = skip_for_strength(num_inference_steps, strength)
+    if skip >= num_inference_steps:
+        raise InvalidRequest(
+            "strength", f"strength {strength} leaves no denoising step of {num_inference_steps}; raise either"
+        )
+    return skip
 
 
 def skip_for_strength(num_inference_steps: int, strength: float) -> int:

@@ -46,13 +46,34 @@ class NoiseScheduleConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
     def betas(self) -> np.ndarray:
-        """(T,) float32 betas, computed in float32 exactly as diffusers does."""
+        """(T,) float32 betas, bit-identical to diffusers' torch.linspace(..., dtype=float32) schedules."""
         n = self.num_train_timesteps
         if self.beta_schedule == "scaled_linear":
-            root = np.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=np.float32)
+            root = torch_linspace_f32(self.beta_start**0.5, self.beta_end**0.5, n)
             return (root * root).astype(np.float32)
-        return np.linspace(self.beta_start, self.beta_end, n, dtype=np.float32)
+        return torch_linspace_f32(self.beta_start, self.beta_end, n)
 
     def alphas_cumprod(self) -> np.ndarray:
-        """(T,) float32 cumulative products of (1 - beta): alpha-bar_t of the DDPM paper."""
-        return np.cumprod(np.float32(1.0) - self.betas(), dtype=np.float32)
+        """(T,) float32 cumulative products of (1 - beta): alpha-bar_t of the DDPM paper.
+
+        torch.cumprod accumulates float32 in double on the CPU; so do we, to get diffusers' values exactly.
+        """
+        alphas = np.float32(1.0) - self.betas()
+        return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
+
+
+def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """(steps,) float32 as torch.linspace computes it: a float32 step, fused multiply-add from both ends.
+
+    np.linspace rounds differently in about a third of the entries; the float64 product of a float32
+    step and an index below 2**29 is exact, so one rounding to float32 reproduces the fused multiply-add.
+    """
+    first, last = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([first], np.float32)
+    step = np.float32((last - first) / np.float32(steps - 1))
+    index = np.arange(steps, dtype=np.float64)
+    halfway = steps // 2
+    from_start = np.float64(first) + np.float64(step) * index
+    from_end = np.float64(last) - np.float64(step) * (steps - 1 - index)
+    return np.where(index < halfway, from_start, from_end).astype(np.float32)

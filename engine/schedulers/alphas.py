@@ -1,0 +1,45 @@
+"""The variance-preserving (alpha-bar) view shared by DDIM, PNDM and DDPM.
+
+Their latents are x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps (DDPM eq. 4); the UNet takes
+them as they are, at integer timesteps, and pure noise starts them (init_noise_sigma = 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Plan
+
+
+def alpha_noised(alpha: np.float32, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """q(x_t | x_0) of DDPM eq. (4): sqrt(alpha-bar) x_0 + sqrt(1 - alpha-bar) eps, float32."""
+    return (np.sqrt(alpha) * clean + np.sqrt(np.float32(1.0) - alpha) * noise).astype(np.float32)
+
+
+class AlphaSpace:
+    """start/noised/new_state of samplers whose levels are alpha-bar (the last level, 1, is clean)."""
+
+    def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
+        if pure_noise:
+            return noise.astype(np.float32, copy=True)  # init_noise_sigma is 1
+        return self.noised(plan, 0, init_latents, noise)
+
+    def noised(self, plan: Plan, level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        if level >= plan.num_steps:
+            return clean
+        return alpha_noised(plan.levels[level], clean, noise)
+
+    def new_state(self) -> Any:
+        return None
+
+
+def alpha_plan(timesteps: np.ndarray, alpha_t: np.ndarray, skip: int, **extra: np.ndarray) -> Plan:
+    """A plan over the steps left after `skip`; `extra` arrays (one entry per step) are sliced alike."""
+    alpha_t = alpha_t[skip:].astype(np.float32)
+    return Plan(
+        timesteps=timesteps[skip:].astype(np.float32),
+        levels=np.concatenate([alpha_t, [np.float32(1.0)]]).astype(np.float32),
+        extra={"alpha_t": alpha_t, **{key: value[skip:] for key, value in extra.items()}},
+    )

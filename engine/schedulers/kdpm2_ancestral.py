@@ -1,0 +1,60 @@
+"""Ancestral DPM-Solver-2 (k-diffusion `sample_dpm_2_ancestral`) on the Karras sigma schedule, as diffusers'
+KDPM2AncestralDiscreteScheduler with use_karras_sigmas=True.
+
+Like DPM2, but the deterministic part of each step only goes down to sigma_down (midpoint in log sigma
+between sigma_i and sigma_down), then fresh noise of standard deviation sigma_up lifts the sample to
+sigma_{i+1}. The last step is a plain Euler step to 0 without noise (no noise is drawn there, as in
+diffusers, which draws it only in the second half of a step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Denoiser, Plan, steps_to_skip
+from .config import NoiseScheduleConfig
+from .euler import derivative_at
+from .euler_ancestral import ancestral_split
+from .kdpm2 import log_midpoints, midpoint_timesteps
+from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
+
+
+class KDPM2Ancestral(SigmaSpace):
+    name = "DPM2 a Karras"
+    reference = "diffusers.KDPM2AncestralDiscreteScheduler (use_karras_sigmas=True)"
+
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+        skip = steps_to_skip(config, num_inference_steps, strength)
+        timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=True, round_karras_timesteps=True)
+        sigma_down, sigma_up = ancestral_split(sigmas[:-1], sigmas[1:])
+        sigma_mid = log_midpoints(sigmas[:-1], sigma_down)
+        sigma_mid[-1] = 0.0  # the last step is Euler to 0
+        return sigma_plan(
+            config, timesteps, sigmas, skip,
+            sigma_down=sigma_down, sigma_up=sigma_up, sigma_mid=sigma_mid,
+            mid_timesteps=midpoint_timesteps(config, sigma_mid),
+        )
+
+    def step(
+        self,
+        plan: Plan,
+        state: Any,
+        index: int,
+        latents: np.ndarray,
+        denoise: Denoiser,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        sigma = plan.levels[index]
+        sigma_mid = plan.extra["sigma_mid"][index]
+        eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))
+        derivative = derivative_at(latents, eps, sigma)
+        midpoint = latents + derivative * np.float32(sigma_mid - sigma)
+        if sigma_mid == 0:
+            return midpoint.astype(np.float32)
+        eps_mid = denoise(model_input(midpoint, sigma_mid), float(plan.extra["mid_timesteps"][index]))
+        derivative_mid = derivative_at(midpoint, eps_mid, sigma_mid)
+        down = latents + derivative_mid * np.float32(plan.extra["sigma_down"][index] - sigma)
+        fresh = rng.standard_normal(latents.shape, dtype=np.float32)
+        return (down + fresh * plan.extra["sigma_up"][index]).astype(np.float32)
