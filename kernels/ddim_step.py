@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+Dim = int | str
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: every ONNX Runtime and TensorRT parser we support reads it
 
@@ -73,8 +74,8 @@ class StepKernel:
             names.append(GUIDANCE)
         return tuple(names)
 
-    def input_shapes(self, latent_h: int, latent_w: int) -> dict[str, tuple[int, ...]]:
-        """Concrete input shapes for a (latent_h, latent_w) latent grid."""
+    def input_shapes(self, latent_h: Dim, latent_w: Dim) -> dict[str, tuple[Dim, ...]]:
+        """Input shapes for a (latent_h, latent_w) latent grid (ints, or names of symbolic axes)."""
         shapes = {
             EPS: (self.eps_batch, 4, latent_h, latent_w),
             LATENTS: (1, 4, latent_h, latent_w),
@@ -85,7 +86,18 @@ class StepKernel:
         }
         return {name: shapes.get(name, (1,)) for name in self.input_names()}
 
-    def output_shapes(self, latent_h: int, latent_w: int) -> dict[str, tuple[int, ...]]:
+    def spec(self):
+        """The kernel as an export/specs.py GraphSpec (latent axes H/8, W/8), for TensorRT profiles."""
+        from outpaint.export.specs import GraphSpec, TensorSpec
+
+        return GraphSpec(
+            name=self.name,
+            inputs=tuple(TensorSpec(n, "float32", s) for n, s in self.input_shapes("H/8", "W/8").items()),
+            outputs=tuple(TensorSpec(n, "float32", s) for n, s in self.output_shapes("H/8", "W/8").items()),
+            max_rel_error=1e-6,
+        )
+
+    def output_shapes(self, latent_h: Dim, latent_w: Dim) -> dict[str, tuple[Dim, ...]]:
         return {
             LATENTS_NEXT: (1, 4, latent_h, latent_w),
             UNET_SAMPLE_NEXT: (self.eps_batch, self.unet_in_channels, latent_h, latent_w),
@@ -150,15 +162,11 @@ def build_step_graph(kernel: StepKernel):
     def tensor(name: str, shape) -> object:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
-    symbolic = {name: ["h" if d == -1 else "w" if d == -2 else d for d in shape]
-                for name, shape in kernel.input_shapes(-1, -2).items()}
-    symbolic_out = {name: ["h" if d == -1 else "w" if d == -2 else d for d in shape]
-                    for name, shape in kernel.output_shapes(-1, -2).items()}
     graph = helper.make_graph(
         nodes,
         kernel.name,
-        [tensor(name, symbolic[name]) for name in kernel.input_names()],
-        [tensor(name, shape) for name, shape in symbolic_out.items()],
+        [tensor(name, shape) for name, shape in kernel.input_shapes("h", "w").items()],
+        [tensor(name, shape) for name, shape in kernel.output_shapes("h", "w").items()],
         initializer=consts,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="outpaint")
