@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
-from outpaint.engine.canvas import decode_image
+from outpaint.engine.canvas import SourceImage, decode_image
 from outpaint.engine.errors import Cancelled, InvalidImage, InvalidRequest
 from outpaint.engine.pipeline import OutpaintResult
 from outpaint.engine.request import OutpaintRequest
@@ -55,16 +55,21 @@ class Call:
 
 class ChargedImage(Response):
     """The JPEG response. `settle()` runs right before the bytes are handed to the socket: it makes
-    the charge final (or refunds if the client already left), so a crash can only fall in the
-    microseconds between that commit and the write."""
+    the charge final (or refunds if the client already left: the disconnect watcher runs until
+    then), so a crash can only fall in the microseconds between that commit and the write."""
 
     media_type = "image/jpeg"
 
-    def __init__(self, content: bytes, headers: dict[str, str], settle: Callable[[], None]) -> None:
+    def __init__(
+        self, content: bytes, headers: dict[str, str], settle: Callable[[], None], watcher: asyncio.Task
+    ) -> None:
         super().__init__(content, headers=headers, media_type=self.media_type)
         self._settle = settle
+        self._watcher = watcher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # No await between here and the write: the watcher's last word and the charge are final.
+        self._watcher.cancel()
         try:
             self._settle()
         except Exception:
@@ -155,6 +160,10 @@ class OutpaintService:
     async def _outpaint(self, request: Request, api_key: str | None, call: Call, request_id: str) -> Response:
         config = self.config
         await self.authenticate(api_key, call)
+        try:
+            self.gate.check()  # a full queue turns requests away before their bodies take memory
+        except (QueueFull, Draining) as exc:
+            raise self._unavailable(str(exc)) from None
         body = await read_body(request, config.max_body_bytes)
         check_content_type(request)
         fields = parse_object(body)
@@ -173,23 +182,32 @@ class OutpaintService:
         ticket = Ticket(deadline=call.arrived + config.timeout_s)
         watcher = asyncio.create_task(_watch_disconnect(request.receive, ticket))
         try:
+            result, jpeg = await self._generate(source, outpaint_request, ticket)
+            headers = {"x-seed": str(result.seed), **await self.credit_headers(call)}
+        except BaseException:
+            watcher.cancel()
+            raise
+        reservation, call.reservation = call.reservation, None  # from here on settle() owns it
+        return ChargedImage(jpeg, headers, lambda: self.settle(ticket, reservation), watcher)
+
+    async def _generate(
+        self, source: SourceImage, outpaint_request: OutpaintRequest, ticket: Ticket
+    ) -> tuple[OutpaintResult, bytes]:
+        """Run an admitted generation; its failures as the API's errors. Releases the slot."""
+        try:
             started = time.perf_counter()
             result, jpeg = await self.gate.run(source, outpaint_request, ticket, self._encode)
             self.metrics.generation_seconds.observe(time.perf_counter() - started)
+            return result, jpeg
         except Cancelled:
             raise Disconnected("the client disconnected during the generation") from None
         except DeadlineExceeded:
             raise self._unavailable(f"the request did not finish within the server's time limit of "
-                                    f"{config.timeout_s:g} s; nothing was charged") from None
+                                    f"{self.config.timeout_s:g} s; nothing was charged") from None
         except InvalidRequest as exc:
             raise _from_invalid(exc) from None
         finally:
-            watcher.cancel()
             self.gate.release()
-
-        headers = {"x-seed": str(result.seed), **await self.credit_headers(call)}
-        reservation, call.reservation = call.reservation, None  # from here on settle() owns it
-        return ChargedImage(jpeg, headers, lambda: self.settle(ticket, reservation))
 
     def _encode(self, result: OutpaintResult) -> bytes:
         buffer = io.BytesIO()

@@ -91,6 +91,11 @@ class Gate:
 
     def admit(self) -> None:
         """Take a slot or raise QueueFull / Draining. Synchronous: no other request interleaves."""
+        self.check()
+        self.admitted += 1
+
+    def check(self) -> None:
+        """Raise QueueFull / Draining if a request arriving now would be turned away."""
         if self.draining:
             raise Draining("the server is shutting down")
         if self.admitted >= self.concurrency + self.max_queue:
@@ -98,7 +103,6 @@ class Gate:
                 f"{self.running} generations running and {self.waiting} waiting: the queue "
                 f"(max {self.max_queue}) is full"
             )
-        self.admitted += 1
 
     def release(self) -> None:
         self.admitted -= 1
