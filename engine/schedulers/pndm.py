@@ -10,6 +10,10 @@ Deliberate difference from diffusers: with strength < 1, diffusers slices its ca
 [t_0, t_1, t_1, t_2, ...] so that the duplicated timestep of the two-call start is lost or misplaced,
 and the latents fall one step out of line with the timesteps the model is told. We start the method
 afresh on the remaining steps (the two-call start at the first remaining timestep).
+Also, diffusers transfers from t to t - T // n and recovers the start of the two-call step as
+t_1 + T // n; with "linspace" spacing neither is a timestep of the schedule. We transfer between
+consecutive timesteps of the schedule, which is the same thing for "leading" (SD 1.5) and for
+"trailing" with n dividing T.
 
 Legend, code name -> paper symbol:
     alpha_t, alpha_prev = alpha-bar_t, alpha-bar_{t - delta}
@@ -60,10 +64,10 @@ class Pndm(AlphaSpace):
         alphas_cumprod = config.alphas_cumprod()
         final_alpha = np.float32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
         timesteps = spaced_timesteps(config, num_inference_steps)
-        # diffusers' PLMS always transfers to t - T // n, whatever the spacing.
-        prev = timesteps - config.num_train_timesteps // num_inference_steps
-        alpha_prev = np.where(prev >= 0, alphas_cumprod[np.maximum(prev, 0)], final_alpha).astype(np.float32)
-        return alpha_plan(timesteps, alphas_cumprod[timesteps], skip, alpha_prev=alpha_prev)
+        alpha_t = alphas_cumprod[timesteps]
+        # Each transfer lands on the next timestep of the schedule (see the module docstring on "linspace").
+        alpha_prev = np.concatenate([alpha_t[1:], [final_alpha]]).astype(np.float32)
+        return alpha_plan(timesteps, alpha_t, skip, alpha_prev=alpha_prev)
 
     def new_state(self) -> PndmState:
         return PndmState()
