@@ -74,7 +74,16 @@ class OrtGraph:
             )
         self.name = name
         self.device = options.device
+        if self.device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels of the gpu extra, when that is where they are
         self.session = ort.InferenceSession(str(path), _session_options(options), providers=list(options.providers))
+        started = self.session.get_providers()[0]
+        if started != wanted[0]:
+            # ONNX Runtime falls back to the next provider with only a log line when one fails to start.
+            raise BackendUnavailable(
+                f"{name}: ONNX Runtime could not start {wanted[0]} and fell back to {started}; its log above says "
+                "which library is missing (CUDA 12 + cuDNN 9 for CUDA, TensorRT 10's libnvinfer for TensorRT)"
+            )
         self._declared = [
             (i.name, _ORT_TYPES.get(i.type, i.type), [d if isinstance(d, int) else None for d in i.shape])
             for i in self.session.get_inputs()

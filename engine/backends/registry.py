@@ -33,11 +33,31 @@ def _openvino_loader(precision: str) -> GraphLoader:
     return load
 
 
+def _ort_trt_loader(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+    from .ort import OrtGraph, OrtOptions
+    from .ort_trt import ort_trt_providers
+
+    return {
+        name: OrtGraph(name, folder / manifest.graphs[name].file,
+                       OrtOptions(providers=ort_trt_providers(folder, manifest, name)))
+        for name in GRAPHS
+    }
+
+
+def _tensorrt_loader(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+    from .tensorrt import load_tensorrt_graphs
+
+    return dict(load_tensorrt_graphs(folder, manifest, GRAPHS))
+
+
 BACKENDS: dict[str, GraphLoader] = {
     "ort-cpu": _ort_loader(("CPUExecutionProvider",)),
     "ort-cuda": _ort_loader(("CUDAExecutionProvider", "CPUExecutionProvider")),
     "openvino-bf16": _openvino_loader("bf16"),
     "openvino-fp32": _openvino_loader("fp32"),
+    # NVIDIA GPUs (docs/gpu.md): TensorRT inside ONNX Runtime, and native engines from `outpaint build-engines`.
+    "ort-trt": _ort_trt_loader,
+    "tensorrt": _tensorrt_loader,
 }
 
 
