@@ -55,10 +55,8 @@ def singlestep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
         ratio2 = sigma_vp[1:].astype(np.float64) / sigma_before
         phi2 = alpha[1:].astype(np.float64) * np.expm1(-h2)
         inverse_r = h2 / (lam[:-1] - lam_before)
-    as32 = {
-        "ratio1": ratio1, "phi1": phi1, "ratio2": ratio2, "phi2": phi2, "inverse_r": inverse_r,
-    }
-    return {"alpha": alpha, "sigma_vp": sigma_vp, **{k: v.astype(np.float32) for k, v in as32.items()}}
+    scalars = {"ratio1": ratio1, "phi1": phi1, "ratio2": ratio2, "phi2": phi2, "inverse_r": inverse_r}
+    return {"alpha": alpha, "sigma_vp": sigma_vp, **{k: v.astype(np.float32) for k, v in scalars.items()}}
 
 
 class DpmSinglestep(DpmSpace):

@@ -13,7 +13,7 @@ fourth-order coefficient with the single derivative it has; we count the steps t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -62,8 +62,8 @@ class Lms(SigmaSpace):
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=False, round_karras_timesteps=False)
         plan = sigma_plan(config, timesteps, sigmas, skip)
-        plan.extra["coefficients"] = lms_coefficients(plan.levels)
-        return plan
+        # The coefficients depend on how many steps this request has taken, so on the remaining levels only.
+        return replace(plan, extra={**plan.extra, "coefficients": lms_coefficients(plan.levels)})
 
     def new_state(self) -> LmsState:
         return LmsState()
