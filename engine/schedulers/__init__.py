@@ -25,7 +25,7 @@ SAMPLERS: dict[str, Sampler] = {
     )
 }
 
-# Every name the hosted API lists, implemented or not, so an unimplemented one gets a clear 400.
+# Every name the hosted API lists; tests check each one is registered in SAMPLERS.
 API_SCHEDULER_NAMES = (
     "DDIM", "DPM Multi", "DPM Single", "Euler a", "Euler", "Heun",
     "DPM2 a Karras", "DPM2 Karras", "LMS", "PNDM", "DDPM",
@@ -37,7 +37,7 @@ def get_sampler(name: str) -> Sampler:
         return SAMPLERS[name]
     except KeyError:
         raise InvalidRequest(
-            "scheduler", f"{name!r} is not implemented; choose one of {', '.join(SAMPLERS)}"
+            "scheduler", f"{name!r} is not a scheduler; choose one of {', '.join(SAMPLERS)}"
         ) from None
 
 
