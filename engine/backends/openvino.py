@@ -40,14 +40,16 @@ class OvOptions:
     threads: int = 0
     max_shapes: int = 2  # compiled static-shape variants kept per graph (each holds its own weights)
     cache_dir: str | None = None  # OpenVINO's on-disk compiled-model cache (CACHE_DIR); None = off
+    # In bf16, run the subgraph that depends only on this input in fp32 (ov_prologue.py); "" = off.
+    fp32_prologue_input: str = "timestep"
 
-    def compile_config(self) -> dict[str, Any]:
+    def compile_config(self, precision: str | None = None) -> dict[str, Any]:
         import openvino.properties as props
         import openvino.properties.hint as hints
 
         config: dict[str, Any] = {
             hints.performance_mode: hints.PerformanceMode.LATENCY,  # one stream: the request owns all cores
-            hints.inference_precision: "bf16" if self.precision == "bf16" else "f32",
+            hints.inference_precision: "bf16" if (precision or self.precision) == "bf16" else "f32",
             # ACCURACY would silently keep fp32 where PERFORMANCE is allowed to use bf16: be explicit.
             hints.execution_mode: hints.ExecutionMode.PERFORMANCE,
         }
@@ -83,14 +85,26 @@ def check_precision_supported(core, precision: str) -> None:
 
 
 class _Compiled:
-    """One static-shape compiled model and a pool of its infer requests (one per concurrent caller)."""
+    """One static-shape compiled model and a pool of its infer requests (one per concurrent caller).
 
-    def __init__(self, compiled) -> None:
+    With a `prologue` (an fp32 model of the inputs in `prologue_inputs`), the prologue runs first
+    and its outputs are fed to the main model in place of those inputs.
+    """
+
+    def __init__(self, compiled, prologue: _Compiled | None = None, prologue_inputs: tuple[str, ...] = ()) -> None:
         self.compiled = compiled
         self.output_names = tuple(o.get_any_name() for o in compiled.outputs)
+        self.prologue = prologue
+        self.prologue_inputs = prologue_inputs
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.prologue is not None:
+            feeds = dict(feeds)
+            feeds.update(self.prologue.infer({name: feeds.pop(name) for name in self.prologue_inputs}))
+        return self._infer(feeds)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             request = self._idle.get_nowait()
         except queue.Empty:
@@ -114,6 +128,7 @@ class OvGraph:
         check_precision_supported(self.core, options.precision)
         self.name = name
         self.options = options
+        self.path = path
         self.model = self.core.read_model(str(path))
         self._declared = [
             (
@@ -126,7 +141,7 @@ class OvGraph:
         self.input_names = tuple(name for name, _, _ in self._declared)
         self.output_names = tuple(o.get_any_name() for o in self.model.outputs)
         self._cache: OrderedDict[ShapeKey, _Compiled] = OrderedDict()
-        self._lock = threading.Lock()  # guards the cache and the (shared) ov.Model during reshape+compile
+        self._lock = threading.Lock()  # guards the cache
 
     def compiled_shapes(self) -> list[ShapeKey]:
         with self._lock:
@@ -139,16 +154,31 @@ class OvGraph:
                 self._cache.move_to_end(key)
                 return entry
             # Compiling under the lock keeps two threads from building the same multi-GB variant twice.
-            self.model.reshape({name: list(shape) for name, shape in key})
             try:
-                compiled = self.core.compile_model(self.model, "CPU", self.options.compile_config())
+                entry = self._compile(key)
             except RuntimeError as exc:
                 raise OutpaintError(f"{self.name}: OpenVINO could not compile shapes {dict(key)}: {exc}") from exc
-            entry = _Compiled(compiled)
             self._cache[key] = entry
             while len(self._cache) > max(1, self.options.max_shapes):
                 self._cache.popitem(last=False)  # least recently used canvas size
             return entry
+
+    def _compile(self, key: ShapeKey) -> _Compiled:
+        # A fresh read per shape (ONNX external data is memory-mapped: cheap) because reshaping and
+        # the prologue split change the model in place.
+        model = self.core.read_model(str(self.path))
+        model.reshape({name: list(shape) for name, shape in key})
+        prologue_input = self.options.fp32_prologue_input
+        split = None
+        if self.options.precision == "bf16" and prologue_input in self.input_names:
+            from .ov_prologue import split_fp32_prologue
+
+            split = split_fp32_prologue(model, prologue_input)
+        if split is None:
+            return _Compiled(self.core.compile_model(model, "CPU", self.options.compile_config()))
+        prologue = _Compiled(self.core.compile_model(split.prologue, "CPU", self.options.compile_config("fp32")))
+        main = self.core.compile_model(split.main, "CPU", self.options.compile_config())
+        return _Compiled(main, prologue, (prologue_input,))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self._declared, feeds)
