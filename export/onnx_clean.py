@@ -12,6 +12,7 @@ outputs as the exported ones in ONNX Runtime.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,18 @@ def _tools():
     return onnx, gs, fold_constants
 
 
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """The folder evaluates subgraphs in ONNX Runtime, whose optimizer warns about every Unsqueeze it keeps."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+
+
 def save_model(model, path: Path) -> None:
     """Write `model` at `path`; weights to `path`.data when the graph would be too big for one protobuf."""
     import onnx
@@ -67,8 +80,9 @@ def clean_model(model):
     before = len(model.graph.node)
     graph = gs.import_onnx(model)
     graph.cleanup().toposort()
-    folded = fold_constants(gs.export_onnx(graph), error_ok=False, size_threshold=FOLD_SIZE_THRESHOLD,
-                            allow_onnxruntime_shape_inference=False)
+    with _quiet_onnxruntime():
+        folded = fold_constants(gs.export_onnx(graph), error_ok=False, size_threshold=FOLD_SIZE_THRESHOLD,
+                                allow_onnxruntime_shape_inference=False)
     graph = gs.import_onnx(folded)
     graph.cleanup().toposort()
     cleaned = gs.export_onnx(graph)

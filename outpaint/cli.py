@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from outpaint.benchmarks.cli import add_bench as _add_bench
+from outpaint.engine.backends.registry import BACKENDS
 from outpaint.engine.errors import OutpaintError
+from outpaint.export.trt_cli import add_build_engines
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 
@@ -59,7 +61,8 @@ def _add_run(sub) -> None:
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
-    p.add_argument("--backend", default="ort-cpu", help="graph runtime (see `outpaint backends`)")
+    p.add_argument("--backend", default="ort-cpu", choices=tuple(BACKENDS),
+                   help="graph runtime (default ort-cpu; GPU ones: docs/gpu.md)")
     add_request_arguments(p)
     p.set_defaults(func=_cmd_run)
 
@@ -111,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines):
         add(sub)
     return parser
 
