@@ -85,9 +85,13 @@ def gpu_info(index: int = 0) -> GpuInfo:
 class Stream:
     """A non-blocking CUDA stream: the backend's work is ordered on it, apart from other libraries'."""
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Any = None) -> None:
+        """A new stream, or (`handle` given) a borrowed one this object never destroys."""
         rt = cudart()
-        self.handle = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        self.owned = handle is None
+        if handle is None:
+            handle = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        self.handle = handle
 
     @property
     def ptr(self) -> int:
@@ -97,9 +101,9 @@ class Stream:
         check(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def close(self) -> None:
-        if self.handle is not None:
+        if self.handle is not None and self.owned:
             check(cudart().cudaStreamDestroy(self.handle), "cudaStreamDestroy")
-            self.handle = None
+        self.handle = None
 
 
 class DeviceBuffer:
