@@ -56,6 +56,7 @@ class BuildOptions:
     optimization_level: int = 3  # TensorRT's builder_optimization_level, 0..5 (5: slowest build, fastest engine)
     gpu: int = 0
     force: bool = False  # rebuild engines whose files exist
+    clean: bool = True  # fold constants etc. first (export/onnx_clean.py); False hands TensorRT the export as is
 
 
 @dataclass(frozen=True)
@@ -167,12 +168,16 @@ def _monitor(trt, progress: BuildProgress):
     return Monitor()
 
 
-def prepare_onnx(model_dir: Path, manifest: Manifest, items: list[BuildItem], force: bool = False) -> dict[str, Path]:
-    """Cleaned graphs and kernel graphs on disk, ready for TensorRT's parser (CPU only)."""
+def prepare_onnx(model_dir: Path, manifest: Manifest, items: list[BuildItem], force: bool = False,
+                 clean: bool = True) -> dict[str, Path]:
+    """Cleaned graphs (or, clean=False, the exported ones) and kernel graphs on disk, for TensorRT's parser."""
     out = Path(model_dir) / ENGINES_DIR / CLEAN_DIR
     paths: dict[str, Path] = {}
     for item in items:
         path = out / item.name / "model.onnx"
+        if item.kernel is None and not clean:
+            paths[item.name] = Path(model_dir) / manifest.graphs[item.name].file
+            continue
         if force or not path.is_file():
             if item.kernel is not None:
                 save_model(build_step_graph(item.kernel), path)
@@ -252,7 +257,7 @@ def build_engines(model_dir: Path, options: BuildOptions, show_progress: bool = 
     trt = import_tensorrt()
     here: DeviceIdentity = device_identity(options.gpu)
     items = build_items(manifest, options.precision)
-    paths = prepare_onnx(model_dir, manifest, items, force=options.force)
+    paths = prepare_onnx(model_dir, manifest, items, force=options.force, clean=options.clean)
     if options.precision == "int8":
         import onnx
 

@@ -49,6 +49,8 @@ def add_build_engines(sub) -> None:
                    help="TensorRT builder optimisation level (default 3; 5 builds slowest, may run fastest)")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index (default 0)")
     p.add_argument("--force", action="store_true", help="rebuild engines whose files exist")
+    p.add_argument("--no-clean", action="store_true",
+                   help="give TensorRT the exported graphs as they are (if cleaning fails on a model)")
     p.add_argument("--clean-only", action="store_true",
                    help="only write the cleaned ONNX graphs (CPU; no TensorRT needed)")
     p.set_defaults(func=_cmd_build_engines)
@@ -70,7 +72,8 @@ def _cmd_build_engines(args) -> int:
             print(f"{name}: {path}")
         return 0
     options = BuildOptions(precision=args.precision, canvas=canvas, batch=args.batch, workspace_gb=args.workspace_gb,
-                           optimization_level=args.opt_level, gpu=args.gpu, force=args.force)
+                           optimization_level=args.opt_level, gpu=args.gpu, force=args.force,
+                           clean=not args.no_clean)
     record = build_engines(args.model, options)
     print(f"built {len(record.graphs)} engines in {args.model / 'engines' / record.key.slug}")
     print(f"run with: outpaint run --model {args.model} --backend tensorrt ...")

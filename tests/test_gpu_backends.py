@@ -90,7 +90,7 @@ def test_cuda_errors_meaning_no_gpu_are_told_apart():
 
 # PSNR of the VAE's output (before paste-back, which would copy the source in and inflate the number)
 # against the CPU fp32 image; docs/gpu.md explains the thresholds.
-PSNR_DB = {"ort-cuda": 35.0, "ort-trt": 25.0, "tensorrt": 25.0}
+PSNR_DB = {"ort-cuda": 40.0, "ort-trt": 30.0, "tensorrt": 30.0}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -105,3 +105,10 @@ def test_build_progress_follows_nested_phases_and_can_cancel():
 def test_building_without_tensorrt_names_the_missing_package(tiny_model_dir):
     with pytest.raises(BackendUnavailable, match=r"`tensorrt` Python package.*outpaint\[gpu\]"):
         build_engines(tiny_model_dir, BuildOptions())
+
+
+def test_no_clean_hands_tensorrt_the_exported_graphs(tiny_model_dir):
+    manifest = Manifest.load(tiny_model_dir)
+    paths = prepare_onnx(tiny_model_dir, manifest, build_items(manifest, "fp16"), clean=False)
+    assert paths["unet"] == tiny_model_dir / manifest.graphs["unet"].file
+    assert paths["ddim_step_guided_blend_c4"].is_file(), "the kernels are generated either way"
