@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +32,13 @@ HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None
 
+@pytest.fixture(scope="module")
+def model_copy(tiny_model_dir, tmp_path_factory) -> Path:
+    """A private copy of the tiny model: these tests write engines/ into it."""
+    target = tmp_path_factory.mktemp("model-copy") / "model"
+    return Path(shutil.copytree(tiny_model_dir, target, ignore=shutil.ignore_patterns("engines")))
+
+
 
 def test_every_gpu_backend_is_registered():
     assert set(GPU_BACKENDS) <= set(BACKENDS)
@@ -42,12 +51,12 @@ def test_ort_trt_profile_strings_use_onnx_runtimes_syntax():
     assert shapes_option(profile, "max") == "sample:2x4x128x128,timestep:1,encoder_hidden_states:2x77x768"
 
 
-def test_ort_trt_options_cache_engines_and_timings_in_the_model_folder(tiny_model_dir):
-    providers = ort_trt_providers(tiny_model_dir, Manifest.load(tiny_model_dir), "vae_decoder")
+def test_ort_trt_options_cache_engines_and_timings_in_the_model_folder(model_copy):
+    providers = ort_trt_providers(model_copy, Manifest.load(model_copy), "vae_decoder")
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     options = providers[0][1]
-    cache = tiny_model_dir / "engines" / ORT_TRT_CACHE / "vae_decoder"
+    cache = model_copy / "engines" / ORT_TRT_CACHE / "vae_decoder"
     assert cache.is_dir() and options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
     assert options["trt_engine_cache_enable"] == options["trt_fp16_enable"] == "True"
     assert options["trt_profile_opt_shapes"] == "latent:1x4x64x64"
@@ -62,9 +71,9 @@ def test_fp32_ort_trt_options_turn_fp16_off(tmp_path):
 @pytest.mark.skipif(HAS_CUDA_EP, reason="onnxruntime-gpu is installed here")
 @pytest.mark.parametrize("backend, provider", [("ort-cuda", "CUDAExecutionProvider"),
                                                ("ort-trt", "TensorrtExecutionProvider")])
-def test_ort_gpu_backends_fail_at_load_naming_the_missing_provider(tiny_model_dir, backend, provider):
+def test_ort_gpu_backends_fail_at_load_naming_the_missing_provider(model_copy, backend, provider):
     with pytest.raises(BackendUnavailable, match=rf"{provider}.*onnxruntime-gpu"):
-        OutpaintPipeline.load(tiny_model_dir, backend)
+        OutpaintPipeline.load(model_copy, backend)
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
@@ -106,12 +115,12 @@ def _request(**overrides) -> OutpaintRequest:
 
 
 @pytest.fixture(scope="module")
-def gpu_model_dir(tiny_model_dir):
+def gpu_model_dir(model_copy):
     if HAS_TENSORRT:
         from outpaint.export.tensorrt import BuildOptions, build_engines
 
-        build_engines(tiny_model_dir, BuildOptions(canvas=CanvasRange.square(256, 256, 512)), show_progress=False)
-    return tiny_model_dir
+        build_engines(model_copy, BuildOptions(canvas=CanvasRange.square(256, 256, 512)), show_progress=False)
+    return model_copy
 
 
 @pytest.mark.gpu

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,6 +25,13 @@ from outpaint.export.tensorrt import (
 from outpaint.kernels.ddim_step import StepKernel
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+@pytest.fixture(scope="module")
+def model_copy(tiny_model_dir, tmp_path_factory) -> Path:
+    """A private copy of the tiny model: these tests write engines/ into it."""
+    target = tmp_path_factory.mktemp("model-copy") / "model"
+    return Path(shutil.copytree(tiny_model_dir, target, ignore=shutil.ignore_patterns("engines")))
+
 
 
 def test_bf16_needs_ampere_and_says_so():
@@ -66,10 +75,10 @@ def test_the_engine_set_is_the_four_graphs_and_both_step_kernels(tiny_model_dir)
     assert {i.precision for i in items[4:]} == {"fp32"}, "the latents' arithmetic stays fp32"
 
 
-def test_prepare_onnx_writes_cleaned_graphs_and_runnable_kernels(tiny_model_dir):
-    manifest = Manifest.load(tiny_model_dir)
+def test_prepare_onnx_writes_cleaned_graphs_and_runnable_kernels(model_copy):
+    manifest = Manifest.load(model_copy)
     items = build_items(manifest, "fp16")
-    paths = prepare_onnx(tiny_model_dir, manifest, items)
+    paths = prepare_onnx(model_copy, manifest, items)
     assert set(paths) == {i.name for i in items}
     for item in items:
         model = onnx.load(str(paths[item.name]))
@@ -79,7 +88,7 @@ def test_prepare_onnx_writes_cleaned_graphs_and_runnable_kernels(tiny_model_dir)
     feeds = {n: np.ones(s, np.float32) * 0.5 for n, s in kernel.input_shapes(8, 8).items()}
     assert session.run(None, feeds)[0].shape == (1, 4, 8, 8)
     before = paths["unet"].stat().st_mtime_ns
-    prepare_onnx(tiny_model_dir, manifest, items)
+    prepare_onnx(model_copy, manifest, items)
     assert paths["unet"].stat().st_mtime_ns == before, "prepared graphs are reused"
 
 
@@ -107,8 +116,8 @@ def test_building_without_tensorrt_names_the_missing_package(tiny_model_dir):
         build_engines(tiny_model_dir, BuildOptions())
 
 
-def test_no_clean_hands_tensorrt_the_exported_graphs(tiny_model_dir):
-    manifest = Manifest.load(tiny_model_dir)
-    paths = prepare_onnx(tiny_model_dir, manifest, build_items(manifest, "fp16"), clean=False)
-    assert paths["unet"] == tiny_model_dir / manifest.graphs["unet"].file
+def test_no_clean_hands_tensorrt_the_exported_graphs(model_copy):
+    manifest = Manifest.load(model_copy)
+    paths = prepare_onnx(model_copy, manifest, build_items(manifest, "fp16"), clean=False)
+    assert paths["unet"] == model_copy / manifest.graphs["unet"].file
     assert paths["ddim_step_guided_blend_c4"].is_file(), "the kernels are generated either way"

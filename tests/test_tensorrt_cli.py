@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from pathlib import Path
 
 import pytest
 from outpaint.engine.backends.registry import BACKENDS
 
 from outpaint.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def model_copy(tiny_model_dir, tmp_path_factory) -> Path:
+    """A private copy of the tiny model: these tests write engines/ into it."""
+    target = tmp_path_factory.mktemp("model-copy") / "model"
+    return Path(shutil.copytree(tiny_model_dir, target, ignore=shutil.ignore_patterns("engines")))
+
 
 
 def test_run_help_lists_every_registered_backend(capsys):
@@ -25,12 +35,12 @@ def test_an_unknown_backend_is_refused_with_the_choices(capsys):
     assert "ort-trt" in capsys.readouterr().err
 
 
-def test_clean_only_prepares_every_graph_on_the_cpu(tiny_model_dir, capsys):
-    assert main(["build-engines", "--model", str(tiny_model_dir), "--clean-only"]) == 0
+def test_clean_only_prepares_every_graph_on_the_cpu(model_copy, capsys):
+    assert main(["build-engines", "--model", str(model_copy), "--clean-only"]) == 0
     out = capsys.readouterr().out
     for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder", "ddim_step_guided_blend_c4"):
         assert f"{name}: " in out
-        assert (tiny_model_dir / "engines" / "onnx-clean" / name / "model.onnx").is_file()
+        assert (model_copy / "engines" / "onnx-clean" / name / "model.onnx").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
