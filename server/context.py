@@ -42,6 +42,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or UNMATCHED
+            # FastAPI's own routes (/docs, /openapi.json) set no scope["route"]: their path is the
+            # label. Only a 404 means an unknown path, and all of those share one label.
+            route = getattr(scope.get("route"), "path", None)
+            label = route or (UNMATCHED if status == 404 else scope["path"])
             self.metrics.observe_request(label, scope["method"], status, time.perf_counter() - started)

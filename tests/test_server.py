@@ -390,7 +390,10 @@ def test_openapi_schema_docs_health_and_metrics(server):
                  "outpaint_denoise_step_seconds_count", "outpaint_generation_seconds_count"):
         assert name in text
     assert metric(server, "outpaint_http_requests_total", route="/healthz", method="GET", code="200") >= 1
-    assert metric(server, "outpaint_http_requests_total", route="unmatched", method="GET", code="404") >= 0
+    requests.get(server.url + "/no/such/path", timeout=TIMEOUT)
+    assert metric(server, "outpaint_http_requests_total", route="unmatched", method="GET", code="404") >= 1
+    assert metric(server, "outpaint_http_requests_total", route="/openapi.json", method="GET", code="200") >= 1
+    assert "/no/such/path" not in requests.get(server.url + "/metrics", timeout=TIMEOUT).text
 
 
 # -- servers of their own: faults, queue, drain, crash, no-auth ------------------------------------------
