@@ -70,6 +70,7 @@ def _run_worker(system: str, config_path: Path, out: Path) -> tuple[dict[str, An
 
 
 def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> dict[str, Any]:
+    """Every system in turn; results.json is rewritten after each one, so a cut-short run keeps its rows."""
     model_dir = Path(config.model_dir)
     ensure_model(model_dir, config.size)
     started = time.time()
@@ -79,41 +80,48 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
     images: dict[str, dict[str, str]] = {}
     notes: dict[str, list[str]] = {}
     errors: dict[str, str] = {}
+
+    def results(finished: bool) -> dict[str, Any]:
+        quality = report.quality(images)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": command,
+            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+            "duration_s": round(time.time() - started, 1),
+            "finished": finished,
+            "machine": {**machine, "load_average_end": load_average()},
+            "versions": library_versions(),
+            "config": asdict(config),
+            "rows": rows,
+            "ratios": report.ratios(rows),
+            "quality": quality,
+            "psnr_threshold_db": report.PSNR_THRESHOLD_DB,
+            "agreement": report.agreement(images),
+            "targets": report.targets(rows, quality, config),
+            "notes": notes,
+            "errors": errors,
+        }
+
+    def write(data: dict[str, Any]) -> None:
+        if out_json is not None:
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps(data, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="outpaint-bench-") as tmp:
         workdir = Path(tmp)
         config_path = workdir / "config.json"
         config_path.write_text(config.to_json())
         for system in config.systems:
-            print(f"[{time.time() - started:6.0f} s] {system}", flush=True)
+            print(f"[{time.time() - started:6.0f} s] {system} (load average {load_average()[0]})", flush=True)
             result, error = _run_worker(system, config_path, workdir / f"{system}.json")
             if error:
                 errors[system] = error
                 print(f"  {system} failed: {error}", flush=True)
-                continue
-            rows += result["rows"]
-            images[system] = result["artifacts"]
-            notes[system] = [*result["notes"], f"worker took {result['seconds']} s"]
-        quality = report.quality(images)
-        agreement = report.agreement(images)
-    machine["load_average_end"] = load_average()
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": machine,
-        "versions": library_versions(),
-        "config": asdict(config),
-        "rows": rows,
-        "ratios": report.ratios(rows),
-        "quality": quality,
-        "psnr_threshold_db": report.PSNR_THRESHOLD_DB,
-        "agreement": agreement,
-        "targets": report.targets(rows, quality, config),
-        "notes": notes,
-        "errors": errors,
-    }
-    if out_json is not None:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(results, indent=1) + "\n")
-    return results
+            else:
+                rows += result["rows"]
+                images[system] = result["artifacts"]
+                notes[system] = [*result["notes"], f"worker took {result['seconds']} s"]
+            write(results(finished=False))
+        final = results(finished=True)  # PSNRs need the images, which live in workdir
+    write(final)
+    return final

@@ -36,8 +36,10 @@ from .schedulers import Denoiser, get_sampler
 
 @dataclass(frozen=True)
 class FastPathOptions:
-    decode_margin: int | None = 4  # latent cells of decoder context around the mask; None = decode everything
-    window_margin: int | None = None  # latent cells of UNet context around the mask; None = whole canvas
+    # Latent cells of decoder context around the mask; None = decode everything. Off by default: it
+    # halves the decode but moved the regenerated pixels by 21-24 dB PSNR (docs/benchmarks.md).
+    decode_margin: int | None = None
+    window_margin: int | None = 7  # latent cells of UNet context around the mask; None = whole canvas
     unguided_tail_steps: int = 0  # final steps without classifier-free guidance
 
     def __post_init__(self) -> None:
