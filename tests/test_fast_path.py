@@ -63,7 +63,8 @@ def test_guidance_one_makes_the_unguided_tail_exact(tiny_model_dir, tiny_pipelin
     source, request = case
     request = OutpaintRequest(**{**request.__dict__, "guidance_scale": 1.0})
     expected = tiny_pipeline(source, request)
-    result = _fast(tiny_model_dir, FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=3))(source, request)
+    tail_only = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=3)
+    result = _fast(tiny_model_dir, tail_only)(source, request)
     np.testing.assert_array_equal(result.latents, expected.latents)
 
 
