@@ -12,8 +12,8 @@ The folder it writes:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import tempfile
 import time
 import warnings
@@ -25,8 +25,9 @@ import numpy as np
 from outpaint.engine.errors import ModelError
 from outpaint.engine.manifest import FORMAT_VERSION, GraphRecord, Manifest
 
+from .attention import fused_attention
 from .components import Components
-from .specs import GraphSpec, canvas_dims, graph_specs
+from .specs import GraphSpec, canvas_dims, fused_attention_specs, graph_specs
 
 OPSET = 17
 # protobuf cannot serialise a message past 2 GiB; stay well below it.
@@ -179,30 +180,34 @@ def export_components(
     from .graphs import graph_modules
 
     modules = graph_modules(components)
-    for spec in graph_specs(unet_in, hidden):
-        path = out / spec.name / "model.onnx"
-        if spec.name in manifest.graphs and path.is_file():
-            report(spec.name, "skipped")
+    specs = graph_specs(unet_in, hidden)
+    attention_owner = {"unet": components.unet, "vae_encoder": components.vae, "vae_decoder": components.vae}
+    for spec in (*specs, *fused_attention_specs(specs)):
+        path = out / spec.file
+        if spec.key in manifest.graphs and path.is_file():
+            report(spec.key, "skipped")
             continue
         path.parent.mkdir(exist_ok=True)
         started = time.perf_counter()
-        report(spec.name, "exporting")
-        export_graph(modules[spec.name], spec, path)
-        report(spec.name, "checking")
-        try:
-            parity = check_parity(modules[spec.name], spec, path, canvas_dims(1, *parity_canvas))
-        except ParityError:
-            shutil.rmtree(path.parent, ignore_errors=True)
-            manifest.graphs.pop(spec.name, None)
-            manifest.save(out)
-            raise
+        with fused_attention(attention_owner[spec.name]) if spec.variant else contextlib.nullcontext():
+            report(spec.key, "exporting")
+            export_graph(modules[spec.name], spec, path)
+            report(spec.key, "checking")
+            try:
+                parity = check_parity(modules[spec.name], spec, path, canvas_dims(1, *parity_canvas))
+            except ParityError:
+                for produced in (path, path.with_name(path.name + ".data")):
+                    produced.unlink(missing_ok=True)
+                manifest.graphs.pop(spec.key, None)
+                manifest.save(out)
+                raise
         parity["seconds"] = round(time.perf_counter() - started, 2)
-        manifest.graphs[spec.name] = GraphRecord(
-            file=f"{spec.name}/model.onnx",
+        manifest.graphs[spec.key] = GraphRecord(
+            file=spec.file,
             inputs=[asdict(t) for t in spec.inputs],
             outputs=[asdict(t) for t in spec.outputs],
             parity=parity,
         )
         manifest.save(out)  # after every graph, so an interrupted export resumes where it stopped
-        report(spec.name, "done")
+        report(spec.key, "done")
     return manifest

@@ -5,7 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from outpaint.engine.backends.registry import GRAPHS
 from tqdm import tqdm
+
+from .specs import ATTENTION_GRAPHS
 
 
 def export_model(
@@ -19,7 +22,7 @@ def export_model(
 ):
     from .onnx_export import export_components
 
-    with tqdm(total=4, desc="export", unit="graph") as bar:
+    with tqdm(total=len(GRAPHS) + len(ATTENTION_GRAPHS), desc="export", unit="graph") as bar:
         bar.set_postfix_str("loading weights")
         with tempfile.TemporaryDirectory(prefix="outpaint-src-") as workdir:
             if random:

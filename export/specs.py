@@ -7,6 +7,7 @@ runtime's input checks and (later) TensorRT's optimisation profiles.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,18 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     # Parity: max |onnx - torch| must stay below max_rel_error * max |torch| on the sample inputs.
     max_rel_error: float
+    # "" for the standard ONNX graph; "mha" for ONNX Runtime's fused-attention twin (export/attention.py).
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """The graph's name in the manifest: `unet`, or `unet.mha` for a variant."""
+        return f"{self.name}.{self.variant}" if self.variant else self.name
+
+    @property
+    def file(self) -> str:
+        """Path of the graph inside the model folder."""
+        return f"{self.name}/model.{self.variant}.onnx" if self.variant else f"{self.name}/model.onnx"
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {
@@ -102,6 +115,14 @@ def graph_specs(unet_in_channels: int, text_hidden: int) -> tuple[GraphSpec, ...
         vae_encoder_spec(),
         vae_decoder_spec(),
     )
+
+
+# Graphs with attention over the latent grid, which get a fused-attention ("mha") variant.
+ATTENTION_GRAPHS = ("unet", "vae_encoder", "vae_decoder")
+
+
+def fused_attention_specs(specs: tuple[GraphSpec, ...]) -> tuple[GraphSpec, ...]:
+    return tuple(dataclasses.replace(s, variant="mha") for s in specs if s.name in ATTENTION_GRAPHS)
 
 
 def canvas_dims(batch: int, height: int, width: int) -> dict[str, int]:

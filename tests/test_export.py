@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 
 def test_every_graph_is_recorded_with_a_passed_parity_check(tiny_model_dir):
     manifest = Manifest.load(tiny_model_dir)
-    assert set(manifest.graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert set(manifest.graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder",
+                                    "unet.mha", "vae_encoder.mha", "vae_decoder.mha"}
     for name, record in manifest.graphs.items():
         assert (tiny_model_dir / record.file).is_file(), name
         assert record.parity["max_rel_error"] <= record.parity["tolerance"], name
@@ -64,7 +65,8 @@ def test_rerunning_an_export_skips_what_is_done(tiny_components, tiny_model_dir,
     shutil.copytree(tiny_model_dir, copy)
     statuses: list[tuple[str, str]] = []
     export_components(tiny_components, copy, progress=lambda graph, status: statuses.append((graph, status)))
-    assert statuses == [(g, "skipped") for g in ("text_encoder", "unet", "vae_encoder", "vae_decoder")]
+    graphs = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet.mha", "vae_encoder.mha", "vae_decoder.mha")
+    assert statuses == [(g, "skipped") for g in graphs]
 
 
 def test_export_from_a_diffusers_folder_gives_the_same_graphs(tiny_components, tiny_model_dir, tmp_path):
@@ -110,3 +112,27 @@ def test_missing_source_and_offline_hub_id_are_clear_errors(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="pass a local diffusers-format folder"):
         load_components("some-user/some-model")
+
+
+def test_fused_attention_twin_replaces_softmax_attention_and_matches_the_standard_graph(tiny_model_dir):
+    import onnx
+    import onnxruntime as ort
+
+    fused = onnx.load(str(tiny_model_dir / "unet" / "model.mha.onnx"))
+    ops = [node.op_type for node in fused.graph.node]
+    # 3 down + 1 mid + 3 up levels with transformer blocks (self and cross attention each): at least 14
+    assert ops.count("MultiHeadAttention") >= 14 and "Softmax" not in ops
+    feeds = {
+        "sample": np.random.default_rng(0).standard_normal((2, 4, 24, 40), dtype=np.float32),
+        "timestep": np.array([301.0], np.float32),
+        "encoder_hidden_states": np.random.default_rng(1).standard_normal((2, 77, 32), dtype=np.float32),
+    }
+    sessions = [ort.InferenceSession(str(tiny_model_dir / "unet" / name), providers=["CPUExecutionProvider"])
+                for name in ("model.onnx", "model.mha.onnx")]
+    outputs = [session.run(None, feeds)[0] for session in sessions]
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5 * np.abs(outputs[0]).max())
+
+
+def test_onnx_runtime_backends_run_the_fused_twin(tiny_pipeline):
+    for graph in ("unet", "vae_encoder", "vae_decoder"):
+        assert tiny_pipeline.graphs[graph].path.name == "model.mha.onnx"

@@ -73,6 +73,7 @@ class OrtGraph:
                 "install the GPU extra (onnxruntime-gpu) on a machine with an NVIDIA driver"
             )
         self.name = name
+        self.path = path
         self.device = options.device
         if self.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels of the gpu extra, when that is where they are

@@ -13,12 +13,18 @@ GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 GraphLoader = Callable[[Path, Manifest], dict[str, GraphRunner]]
 
 
+def ort_graph_file(manifest: Manifest, name: str) -> str:
+    """The file ONNX Runtime's CPU and CUDA providers run: the fused-attention twin where the export
+    made one (export/attention.py; its attention never materialises the score matrix), else the graph."""
+    return manifest.graphs.get(f"{name}.mha", manifest.graphs[name]).file
+
+
 def _ort_loader(providers: tuple) -> GraphLoader:
     def load(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
         from .ort import OrtGraph, OrtOptions
 
         options = OrtOptions(providers=providers)
-        return {name: OrtGraph(name, folder / manifest.graphs[name].file, options) for name in GRAPHS}
+        return {name: OrtGraph(name, folder / ort_graph_file(manifest, name), options) for name in GRAPHS}
 
     return load
 
