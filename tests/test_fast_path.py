@@ -36,8 +36,8 @@ def test_all_levers_off_is_the_reference_pipeline(tiny_model_dir, case, referenc
 
 
 @pytest.mark.parametrize("options", [
-    FastPathOptions(decode_margin=2, window_margin=None),
-    FastPathOptions(decode_margin=None, window_margin=2),
+    FastPathOptions(decode_margin=2, window_margin=None, unguided_tail_steps=0),
+    FastPathOptions(decode_margin=None, window_margin=2, unguided_tail_steps=0),
     FastPathOptions(decode_margin=2, window_margin=2, unguided_tail_steps=2),
 ], ids=["region-decode", "unet-window", "all"])
 def test_each_lever_keeps_the_source_exact_and_changes_only_the_mask(tiny_model_dir, case, reference, options):
