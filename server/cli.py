@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from outpaint.engine.backends.registry import BACKENDS
+
 from .config import MIB, ServerConfig
 
 
@@ -19,7 +21,8 @@ def add_serve(sub) -> None:
     p.add_argument("--db", type=Path, help="SQLite credits store (created if missing; see `outpaint keys`)")
     p.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
-    p.add_argument("--backend", default=defaults.backend, help=f"graph runtime (default {defaults.backend})")
+    p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
+                   help=f"graph runtime (default {defaults.backend})")
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,

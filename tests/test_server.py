@@ -414,7 +414,8 @@ def _broken_decoder_model(tiny_model_dir: Path, out: Path) -> Path:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, out / "vae_decoder" / "model.onnx")
+    for graph in ("model.onnx", "model.mha.onnx"):  # both the standard graph and ONNX Runtime's fused twin
+        onnx.save(model, out / "vae_decoder" / graph)
     return out
 
 
