@@ -54,6 +54,18 @@ def tiny_model_dir(tiny_components, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpainting_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with a 9-channel (inpainting) UNet, exported like any other."""
+    pytest.importorskip("torch")
+    from outpaint.export.onnx_export import export_components
+    from outpaint.export.random_models import build_random_components
+
+    workdir = tmp_path_factory.mktemp("tiny9")
+    export_components(build_random_components("tiny", unet_in_channels=9, workdir=workdir), workdir / "model")
+    return workdir / "model"
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model_dir):
     from outpaint.engine.pipeline import OutpaintPipeline
 

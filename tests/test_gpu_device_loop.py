@@ -85,18 +85,7 @@ def test_cpu_backend_keeps_the_host_loop_unless_asked(tiny_pipeline, tiny_model_
     assert OutpaintPipeline.load(tiny_model_dir, device_loop=False).device_runtime is None
 
 
-@pytest.fixture(scope="module")
-def nine_channel_dir(tmp_path_factory):
-    pytest.importorskip("torch")
-    from outpaint.export.onnx_export import export_components
-    from outpaint.export.random_models import build_random_components
-
-    workdir = tmp_path_factory.mktemp("tiny9-device")
-    export_components(build_random_components("tiny", unet_in_channels=9, workdir=workdir), workdir / "model")
-    return workdir / "model"
-
-
-def test_device_loop_conditions_a_nine_channel_unet_like_the_host_loop(nine_channel_dir, source):
-    host = OutpaintPipeline.load(nine_channel_dir)(source, _request())
-    device = OutpaintPipeline.load(nine_channel_dir, device_loop=True)(source, _request())
+def test_device_loop_conditions_a_nine_channel_unet_like_the_host_loop(tiny_inpainting_model_dir, source):
+    host = OutpaintPipeline.load(tiny_inpainting_model_dir)(source, _request())
+    device = OutpaintPipeline.load(tiny_inpainting_model_dir, device_loop=True)(source, _request())
     _same(host, device)

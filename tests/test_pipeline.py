@@ -133,13 +133,8 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         OutpaintPipeline.load(tmp_path)
 
 
-def test_nine_channel_inpainting_unet_is_detected_and_conditioned(tmp_path_factory, source):
-    from outpaint.export.onnx_export import export_components
-    from outpaint.export.random_models import build_random_components
-
-    workdir = tmp_path_factory.mktemp("tiny9")
-    export_components(build_random_components("tiny", unet_in_channels=9, workdir=workdir), workdir / "model")
-    pipeline = OutpaintPipeline.load(workdir / "model")
+def test_nine_channel_inpainting_unet_is_detected_and_conditioned(tiny_inpainting_model_dir, source):
+    pipeline = OutpaintPipeline.load(tiny_inpainting_model_dir)
     assert pipeline.unet_in_channels == 9
     result = pipeline(source, _request(num_inference_steps=3))
     assert result.image.shape == (256, 256, 3) and np.isfinite(result.latents).all()
