@@ -36,6 +36,8 @@ def add_bench(sub) -> None:
     p.add_argument("--systems", type=_names, default=SYSTEMS, help=f"comma-separated, of {','.join(SYSTEMS)}")
     p.add_argument("--whole-systems", type=_names, default=WHOLE_DEFAULT,
                    help="systems that also run the whole outpaint (the most expensive row)")
+    p.add_argument("--large-systems", type=_names, default=SYSTEMS,
+                   help="systems that also run the UNet at canvases of 1024x1024 or more (default all)")
     p.add_argument("--unet-canvases", type=_names, help="comma-separated WxH canvases for the UNet step "
                    "(default 512x512,768x512,1024x1024; tiny 256x256,384x256)")
     p.add_argument("--outpaint-canvas", help="WxH canvas of the whole outpaint, source on its left half "
@@ -68,7 +70,8 @@ def config_from_args(args) -> BenchConfig:
     try:
         return BenchConfig(
             size=args.size, model_dir=str(args.model or default_model_dir(args.size)), systems=args.systems,
-            whole_systems=args.whole_systems, unet_canvases=unet_canvases, outpaint_canvas=outpaint_canvas,
+            whole_systems=args.whole_systems, large_systems=args.large_systems, unet_canvases=unet_canvases,
+            outpaint_canvas=outpaint_canvas,
             steps=args.steps, warmup=args.warmup, runs=args.runs, runs_large=args.runs_large,
             whole_runs=args.whole_runs,
             fast=FastSettings(backend=args.fast_backend, decode_margin=args.fast_decode_margin,

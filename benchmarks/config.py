@@ -43,6 +43,8 @@ class BenchConfig:
     model_dir: str = ""
     systems: tuple[str, ...] = SYSTEMS
     whole_systems: tuple[str, ...] = WHOLE_DEFAULT
+    # Systems that also run the UNet at canvases of 1024x1024 or more (the slowest rows).
+    large_systems: tuple[str, ...] = SYSTEMS
     unet_canvases: tuple[str, ...] = ("512x512", "768x512", "1024x1024")
     outpaint_canvas: str = "512x512"  # the source fills its left half
     steps: int = 25
@@ -57,7 +59,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
-        unknown = [s for s in (*self.systems, *self.whole_systems) if s not in SYSTEMS]
+        unknown = [s for s in (*self.systems, *self.whole_systems, *self.large_systems) if s not in SYSTEMS]
         if unknown:
             raise ValueError(f"unknown systems {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
         for canvas in (*self.unet_canvases, self.outpaint_canvas):
@@ -68,9 +70,16 @@ class BenchConfig:
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
-    def runs_for(self, canvas: str) -> int:
+    def unet_canvases_for(self, system: str) -> tuple[str, ...]:
+        return tuple(c for c in self.unet_canvases if system in self.large_systems or not self.is_large(c))
+
+    @staticmethod
+    def is_large(canvas: str) -> bool:
         width, height = parse_canvas(canvas)
-        return self.runs_large if width * height >= 1024 * 1024 else self.runs
+        return width * height >= 1024 * 1024
+
+    def runs_for(self, canvas: str) -> int:
+        return self.runs_large if self.is_large(canvas) else self.runs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -79,6 +88,6 @@ class BenchConfig:
     def from_json(cls, text: str) -> BenchConfig:
         data = json.loads(text)
         data["fast"] = FastSettings(**data["fast"])
-        for key in ("systems", "whole_systems", "unet_canvases"):
+        for key in ("systems", "whole_systems", "large_systems", "unet_canvases"):
             data[key] = tuple(data[key])
         return cls(**data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from .timing import Row, row_from_samples, time_calls
 
 
 class Recorder:
-    def __init__(self, system: str, config: BenchConfig, workdir: Path) -> None:
+    def __init__(self, system: str, config: BenchConfig, workdir: Path, out: Path | None = None) -> None:
         self.system = system
+        self.out = out  # rewritten after every row: a worker killed later (e.g. out of memory) keeps its rows
         self.config = config
         self.workdir = workdir
         self.rows: list[Row] = []
@@ -32,6 +34,7 @@ class Recorder:
     def add_samples(self, stage: str, canvas: str, samples: Sequence[float]) -> None:
         row = row_from_samples(self.system, stage, canvas, samples)
         self.rows.append(row)
+        self.flush()
         print(f"  {self.system:24s} {stage:22s} {canvas:9s} median {row.median_s:8.3f} s "
               f"(min {row.min_s:.3f}, max {row.max_s:.3f}, n={row.runs}) peak RSS {row.peak_rss_gb:.2f} GiB",
               flush=True)
@@ -40,3 +43,19 @@ class Recorder:
         path = self.workdir / f"{self.system}.{name}.npy"
         np.save(path, array)
         self.artifacts[name] = str(path)
+        self.flush()
+
+    def to_dict(self, seconds: float | None = None) -> dict:
+        return {
+            "system": self.system,
+            "rows": [row.to_dict() for row in self.rows],
+            "artifacts": self.artifacts,
+            "notes": self.notes,
+            "seconds": seconds,
+        }
+
+    def flush(self, seconds: float | None = None) -> None:
+        if self.out is not None:
+            tmp = self.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.to_dict(seconds), indent=1))
+            tmp.replace(self.out)

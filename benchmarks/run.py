@@ -31,6 +31,7 @@ def ensure_model(model_dir: Path, size: str) -> None:
     The peers rebuild the same weights with build_random_components(size, seed=0), so a folder with
     other weights would compare different functions: that is an error, not something to overwrite.
     """
+    from outpaint.engine.backends.registry import GRAPHS
     from outpaint.engine.errors import ModelError
     from outpaint.engine.manifest import Manifest
     from outpaint.export.run import export_model
@@ -42,7 +43,7 @@ def ensure_model(model_dir: Path, size: str) -> None:
                 f"{model_dir} holds {manifest.source!r}, not the seed-0 random {size} model the peers rebuild; "
                 "give another --model folder"
             )
-        if len(manifest.graphs) == 4:
+        if all(name in manifest.graphs for name in GRAPHS):
             return
     print(f"exporting the random {size} model to {model_dir} (once; reused by later runs)", flush=True)
     export_model(None, model_dir, random=size, seed=0)
@@ -63,10 +64,13 @@ def _run_worker(system: str, config_path: Path, out: Path) -> tuple[dict[str, An
     command = [sys.executable, "-m", "outpaint.benchmarks.worker", system, str(config_path), str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     completed = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True, check=False)
+    # The worker rewrites `out` after every row, so a worker that died keeps what it measured.
+    partial = json.loads(out.read_text()) if out.is_file() else None
     if completed.returncode != 0:
         tail = completed.stderr.strip().splitlines()[-5:]
-        return None, f"exit {completed.returncode}: " + " | ".join(tail)
-    return json.loads(out.read_text()), None
+        killed = " (killed by a signal: out of memory?)" if completed.returncode < 0 else ""
+        return partial, f"exit {completed.returncode}{killed}: " + " | ".join(tail)
+    return partial, None
 
 
 def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> dict[str, Any]:
@@ -117,10 +121,11 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
             if error:
                 errors[system] = error
                 print(f"  {system} failed: {error}", flush=True)
-            else:
+            if result is not None:
                 rows += result["rows"]
                 images[system] = result["artifacts"]
-                notes[system] = [*result["notes"], f"worker took {result['seconds']} s"]
+                took = f"worker took {result['seconds']} s" if result["seconds"] is not None else "worker died"
+                notes[system] = [*result["notes"], took]
             write(results(finished=False))
         final = results(finished=True)  # PSNRs need the images, which live in workdir
     write(final)

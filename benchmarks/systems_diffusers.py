@@ -96,7 +96,7 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
                     lambda: pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE_PROMPT), runs=config.runs)
         rec.measure("vae_encode", canvas, lambda: pipe.vae.encode(image).latent_dist.mean, runs=config.runs)
         rec.measure("vae_decode", canvas, lambda: pipe.vae.decode(latent).sample, runs=config.runs)
-        if canvas in config.unet_canvases:
+        if canvas in config.unet_canvases_for(system):
             unet_step(canvas)
         if system in config.whole_systems:
             request = outpaint_request(config)
@@ -123,6 +123,6 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
             decoded = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
             rec.save("image", cv.paste_back(decoded, placed))  # the same paste-back as ours, for the PSNR
             rec.save("mask", placed.mask > 0)
-        for at in config.unet_canvases:
+        for at in config.unet_canvases_for(system):
             if at != canvas:
                 unet_step(at)

@@ -56,7 +56,7 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     measure_graph("text_encoder", "text_encoder", NO_CANVAS, {"input_ids": np.ones((2, 77), dtype=np.int64)})
     measure_graph("vae_encoder", "vae_encode", canvas, {"image": image})
     measure_graph("vae_decoder", "vae_decode", canvas, {"latent": latent})
-    for at in config.unet_canvases:
+    for at in config.unet_canvases_for(system):
         feeds = unet_inputs(at, hidden)
         feeds["sample"] = np.concatenate([feeds["sample"][:1]] * 2)  # [x, x] as in a guided step
         unet = timed_compile("unet", {name: value.shape for name, value in feeds.items()})

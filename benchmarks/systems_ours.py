@@ -99,12 +99,12 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
         rec.measure("vae_encode", canvas, lambda: pipe.encode_image(rgb), runs=config.runs)
         rec.measure("vae_decode", canvas, lambda: pipe.decode_latents(latents), runs=config.runs)
         # The outpaint canvas first, so the whole outpaint below reuses its warm (compiled) shapes.
-        if canvas in config.unet_canvases:
+        if canvas in config.unet_canvases_for(system):
             unet_step("unet_step", canvas, pipe.unet)
     if system in config.whole_systems:
         _whole_outpaint(pipe, config, rec)
     if system != "outpaint-fast":
-        for at in config.unet_canvases:
+        for at in config.unet_canvases_for(system):
             if at != canvas:
                 unet_step("unet_step", at, pipe.unet)
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from .config import BenchConfig
 from .recorder import Recorder
 
 
-def run_system(system: str, config: BenchConfig, workdir: Path) -> Recorder:
-    rec = Recorder(system, config, workdir)
+def run_system(system: str, config: BenchConfig, workdir: Path, out: Path | None = None) -> Recorder:
+    rec = Recorder(system, config, workdir, out)
     if system.startswith("outpaint"):
         from . import systems_ours as module
     elif system.startswith("diffusers"):
@@ -36,14 +35,8 @@ def main(argv: list[str]) -> int:
     config = BenchConfig.from_json(Path(config_path).read_text())
     out = Path(out_path)
     started = time.perf_counter()
-    rec = run_system(system, config, out.parent)
-    out.write_text(json.dumps({
-        "system": system,
-        "rows": [row.to_dict() for row in rec.rows],
-        "artifacts": rec.artifacts,
-        "notes": rec.notes,
-        "seconds": round(time.perf_counter() - started, 1),
-    }, indent=1))
+    rec = run_system(system, config, out.parent, out)
+    rec.flush(seconds=round(time.perf_counter() - started, 1))
     return 0
 
 
