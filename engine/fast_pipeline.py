@@ -18,8 +18,6 @@ Off-switches: a margin of None and a tail of 0 give exactly OutpaintPipeline's r
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +25,11 @@ import numpy as np
 
 from . import canvas as cv
 from .errors import InvalidRequest
-from .loop import StepEvent, UNetFn, denoise_loop, guide
-from .pipeline import OutpaintPipeline, OutpaintResult, draw_seed
+from .loop import UNetFn, guide
+from .pipeline import Conditioning, OutpaintPipeline
 from .regions import UNET_MULTIPLE, Box, regenerate_box
 from .request import OutpaintRequest
-from .schedulers import Denoiser, get_sampler
+from .schedulers import Denoiser, Plan
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,8 @@ class FastOutpaintPipeline(OutpaintPipeline):
     """OutpaintPipeline (default backend openvino-bf16) plus the levers of `FastPathOptions`."""
 
     def __init__(self, folder: Path, backend: str = "openvino-bf16", options: FastPathOptions | None = None) -> None:
-        super().__init__(Path(folder), backend)
+        # The levers act on the host loop's UNet calls, so the device-resident loop stays off.
+        super().__init__(Path(folder), backend, device_loop=False)
         self.options = options or FastPathOptions()
 
     @classmethod
@@ -125,60 +124,14 @@ class FastOutpaintPipeline(OutpaintPipeline):
         box = regenerate_box(latent_mask, margin, UNET_MULTIPLE)
         return None if box.covers(h, w) else box
 
-    def generate(
-        self,
-        source: cv.SourceImage | bytes,
-        request: OutpaintRequest,
-        *,
-        noise: np.ndarray | None = None,
-    ) -> Iterator[StepEvent | OutpaintResult]:
-        """OutpaintPipeline.generate with the fast-path levers; same events, same result type.
-
-        `result.decoded` holds the source outside the decoded box when the region decode is on.
-        """
-        total_started = time.perf_counter()
-        if isinstance(source, bytes | bytearray | memoryview):
-            source = cv.decode_image(bytes(source))
-        sampler = get_sampler(request.scheduler)
-        seed = draw_seed() if request.seed == -1 else request.seed
-        timings: dict[str, float] = {}
-        cond = self.condition(source, request, seed, timings)
-
-        plan = sampler.plan(self.schedule_config, request.num_inference_steps, request.strength)
-        latent_shape = cond.init_latents.shape
-        rng = np.random.default_rng(seed)
-        if noise is None:
-            noise = rng.standard_normal(latent_shape, dtype=np.float32)
-        elif noise.shape != latent_shape or noise.dtype != np.float32:
-            raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
-        latents = sampler.start(plan, cond.init_latents, noise, request.strength >= 1.0)
-
+    def host_denoiser(self, cond: Conditioning, request: OutpaintRequest, plan: Plan) -> Denoiser:
         window = self.unet_window(cond.latent_mask)
         unet = self.unet if window is None else windowed_unet(self.unet, window)
-        extra = cond.extra_channels
         tail = min(self.options.unguided_tail_steps, plan.num_steps)
         unguided = frozenset(float(t) for t in plan.timesteps[plan.num_steps - tail:]) if tail else frozenset()
-        denoise = tail_guided_denoiser(unet, cond.text_embeddings, request.guidance_scale, unguided, extra)
+        return tail_guided_denoiser(unet, cond.text_embeddings, request.guidance_scale, unguided,
+                                    cond.extra_channels)
 
-        step_seconds = []
-        for event in denoise_loop(
-            sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
-            init_latents=cond.init_latents if self.unet_in_channels == 4 else None,
-            noise=noise, mask=cond.latent_mask,
-        ):
-            step_seconds.append(event.seconds)
-            latents = event.latents
-            yield event
-        timings["denoise"] = float(sum(step_seconds))
-
-        started = time.perf_counter()
-        decoded = self.decode_region(latents, cond.canvas, cond.latent_mask)
-        timings["vae_decode"] = time.perf_counter() - started
-        started = time.perf_counter()
-        image = cv.paste_back(decoded, cond.canvas)
-        timings["paste_back"] = time.perf_counter() - started
-        timings["total"] = time.perf_counter() - total_started
-        yield OutpaintResult(
-            image=image, seed=seed, decoded=decoded, latents=latents, canvas=cond.canvas,
-            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings),
-        )
+    def decode_for_paste_back(self, latents: np.ndarray, cond: Conditioning) -> np.ndarray:
+        """With the region decode on, the result's `decoded` holds the source outside the decoded box."""
+        return self.decode_region(latents, cond.canvas, cond.latent_mask)

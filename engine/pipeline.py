@@ -27,7 +27,7 @@ from .errors import Cancelled, InvalidRequest, ModelError
 from .loop import StepEvent, denoise_loop, guided_denoiser
 from .manifest import Manifest
 from .request import SEED_MAX, OutpaintRequest
-from .schedulers import SAMPLERS, NoiseScheduleConfig, get_sampler
+from .schedulers import SAMPLERS, Denoiser, NoiseScheduleConfig, Plan, get_sampler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("outpaint")
@@ -161,6 +161,16 @@ class OutpaintPipeline:
 
     # -- the whole request ------------------------------------------------------------------------
 
+    # -- hooks a specialised pipeline (engine/fast_pipeline.py) overrides --------------------------
+
+    def host_denoiser(self, cond: Conditioning, request: OutpaintRequest, plan: Plan) -> Denoiser:
+        """eps(x, t) for the host loop: one guided UNet call per model evaluation."""
+        return guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
+
+    def decode_for_paste_back(self, latents: np.ndarray, cond: Conditioning) -> np.ndarray:
+        """(1, 4, h, w) final latents -> (H, W, 3) uint8 that paste-back composites the source over."""
+        return self.decode_latents(latents)
+
     def generate(
         self,
         source: cv.SourceImage | bytes,
@@ -198,7 +208,7 @@ class OutpaintPipeline:
                 mask=cond.latent_mask, extra_channels=cond.extra_channels,
             ), plan)
         else:
-            denoise = guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
+            denoise = self.host_denoiser(cond, request, plan)
             events = denoise_loop(
                 sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
                 init_latents=blend_latents, noise=noise, mask=cond.latent_mask,
@@ -213,7 +223,7 @@ class OutpaintPipeline:
         timings["denoise"] = float(sum(step_seconds))
 
         started = time.perf_counter()
-        decoded = self.decode_latents(latents)
+        decoded = self.decode_for_paste_back(latents, cond)
         timings["vae_decode"] = time.perf_counter() - started
         started = time.perf_counter()
         image = cv.paste_back(decoded, cond.canvas)
