@@ -76,3 +76,15 @@ class DpmSpace:
 def data_prediction(latents: np.ndarray, eps: np.ndarray, alpha: np.float32, sigma: np.float32) -> np.ndarray:
     """x0_pred = (x_t - sigma_t eps) / alpha_t: DPM-Solver++ integrates the data prediction (its eq. 4)."""
     return ((latents - sigma * eps) / alpha).astype(np.float32)
+
+
+def vp_plan(timesteps: np.ndarray, sigmas: np.ndarray, extra: dict[str, np.ndarray], skip: int) -> Plan:
+    """The plan of a DPM-Solver++ schedule with `strength`'s first `skip` steps cut off.
+
+    Coefficients need the sigma before each step, so callers compute them on the full schedule.
+    """
+    return Plan(
+        timesteps=timesteps[skip:].astype(np.float32),
+        levels=sigmas[skip:],
+        extra={key: value[skip:] for key, value in extra.items()},
+    )

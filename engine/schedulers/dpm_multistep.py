@@ -20,7 +20,15 @@ import numpy as np
 
 from .base import Denoiser, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
-from .dpm_common import DpmSpace, alpha_sigma, data_prediction, half_log_snr, multistep_timesteps, vp_sigmas
+from .dpm_common import (
+    DpmSpace,
+    alpha_sigma,
+    data_prediction,
+    half_log_snr,
+    multistep_timesteps,
+    vp_plan,
+    vp_sigmas,
+)
 
 
 @dataclass
@@ -54,11 +62,7 @@ class DpmMultistep(DpmSpace):
         sigmas = vp_sigmas(config, timesteps)
         # A step's coefficients need the sigma before it, so they come from the full schedule, then sliced.
         extra = multistep_coefficients(sigmas)
-        return Plan(
-            timesteps=timesteps[skip:].astype(np.float32),
-            levels=sigmas[skip:],
-            extra={key: value[skip:] for key, value in extra.items()},
-        )
+        return vp_plan(timesteps, sigmas, extra, skip)
 
     def new_state(self) -> MultistepState:
         return MultistepState()

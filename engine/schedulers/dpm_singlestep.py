@@ -21,7 +21,15 @@ import numpy as np
 
 from .base import Denoiser, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
-from .dpm_common import DpmSpace, alpha_sigma, data_prediction, half_log_snr, singlestep_timesteps, vp_sigmas
+from .dpm_common import (
+    DpmSpace,
+    alpha_sigma,
+    data_prediction,
+    half_log_snr,
+    singlestep_timesteps,
+    vp_plan,
+    vp_sigmas,
+)
 
 
 @dataclass
@@ -68,11 +76,7 @@ class DpmSinglestep(DpmSpace):
         timesteps = singlestep_timesteps(config, num_inference_steps)
         sigmas = vp_sigmas(config, timesteps)
         extra = {**singlestep_coefficients(sigmas), "orders": singlestep_orders(num_inference_steps)}
-        return Plan(
-            timesteps=timesteps[skip:].astype(np.float32),
-            levels=sigmas[skip:],
-            extra={key: value[skip:] for key, value in extra.items()},
-        )
+        return vp_plan(timesteps, sigmas, extra, skip)
 
     def new_state(self) -> SinglestepState:
         return SinglestepState()

@@ -17,20 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
-from .config import NoiseScheduleConfig
-from .euler import derivative_at
-from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
+from .base import Denoiser, Plan
+from .euler import Euler, derivative_at
+from .sigmas import model_input
 
 
-class Heun(SigmaSpace):
+class Heun(Euler):
+    """Euler's schedule (inherited `plan`) with Heun's corrector in `step`."""
+
     name = "Heun"
     reference = "diffusers.HeunDiscreteScheduler"
-
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
-        skip = steps_to_skip(config, num_inference_steps, strength)
-        timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=False, round_karras_timesteps=False)
-        return sigma_plan(config, timesteps, sigmas, skip)
 
     def step(
         self,
