@@ -12,8 +12,11 @@ Levers (each measured in benchmarks/; see docs/benchmarks.md for what each one b
   the mask, an approximation inside it (less context for attention and convolutions).
 - guidance-free tail (`unguided_tail_steps`): the last steps run the UNet on the prompt alone
   (batch 1 instead of 2). An approximation: it changes the image, a little at low noise levels.
+- feature caching across steps (`feature_cache_interval`, DeepCache): every k-th UNet call runs the
+  whole UNet and keeps its deep feature; the calls between run only the shallow path on top of it
+  (export/feature_cache.py). An approximation: the deep feature is up to k-1 calls old.
 
-Off-switches: a margin of None and a tail of 0 give exactly OutpaintPipeline's result.
+Off-switches: a margin of None, a tail of 0 and an interval of 1 give exactly OutpaintPipeline's result.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import canvas as cv
-from .errors import InvalidRequest
+from .backends.registry import FEATURE_CACHE_GRAPHS, load_graphs
+from .errors import InvalidRequest, ModelError
 from .loop import UNetFn, guide
 from .pipeline import Conditioning, OutpaintPipeline
 from .regions import UNET_MULTIPLE, Box, regenerate_box
@@ -41,6 +45,9 @@ class FastPathOptions:
     # Final steps without classifier-free guidance. 2 of 25 DDIM steps are those below sigma 0.28, where
     # Kynkaanniemi et al. 2024 (arXiv:2404.07724) found guidance unnecessary.
     unguided_tail_steps: int = 2
+    # Whole-UNet calls every k-th call, shallow path in between; 1 = off. Needs the unet_deep and
+    # unet_shallow graphs (exported by default). The interval's speed/fidelity trade: docs/benchmarks.md.
+    feature_cache_interval: int = 3
 
     def __post_init__(self) -> None:
         for name in ("decode_margin", "window_margin"):
@@ -49,6 +56,8 @@ class FastPathOptions:
                 raise InvalidRequest(name, f"must be None (off) or a number of latent cells >= 0, got {value}")
         if self.unguided_tail_steps < 0:
             raise InvalidRequest("unguided_tail_steps", f"must be >= 0, got {self.unguided_tail_steps}")
+        if self.feature_cache_interval < 1:
+            raise InvalidRequest("feature_cache_interval", f"must be >= 1 (1 = off), got {self.feature_cache_interval}")
 
 
 def windowed_unet(unet: UNetFn, window: Box) -> UNetFn:
@@ -62,6 +71,32 @@ def windowed_unet(unet: UNetFn, window: Box) -> UNetFn:
         full = np.zeros((sample.shape[0], out.shape[1], *sample.shape[2:]), dtype=np.float32)
         full[:, :, ys, xs] = out
         return {"out_sample": full}
+
+    return run
+
+
+def feature_cached_unet(deep: UNetFn, shallow: UNetFn, interval: int) -> UNetFn:
+    """A UNetFn for one request: every `interval`-th call runs `deep` and keeps its deep feature, the
+    others run `shallow` on the kept feature. The cache is this closure's: one per request.
+
+    A call with a batch the kept feature cannot serve runs `deep`: after the unguided tail starts the
+    batch-2 feature's prompt half serves batch-1 calls; the reverse never happens in one loop.
+    """
+    kept: np.ndarray | None = None  # (2B, C, h, w) float32 deep feature of the last deep call
+    calls = 0
+
+    def run(feeds):
+        nonlocal kept, calls
+        batch = feeds["sample"].shape[0]
+        usable = kept is not None and kept.shape[0] >= batch and kept.shape[2:] == feeds["sample"].shape[2:]
+        refresh = calls % interval == 0 or not usable
+        calls += 1
+        if refresh:
+            out = deep(feeds)
+            kept = out["deep_feature"]
+            return {"out_sample": out["out_sample"]}
+        feature = kept if kept.shape[0] == batch else np.ascontiguousarray(kept[kept.shape[0] - batch:])
+        return shallow({**feeds, "deep_feature": feature})
 
     return run
 
@@ -96,6 +131,15 @@ class FastOutpaintPipeline(OutpaintPipeline):
         # The levers act on the host loop's UNet calls, so the device-resident loop stays off.
         super().__init__(Path(folder), backend, device_loop=False)
         self.options = options or FastPathOptions()
+        if self.options.feature_cache_interval > 1:
+            missing = [g for g in FEATURE_CACHE_GRAPHS if g not in self.manifest.graphs]
+            if missing:
+                raise ModelError(
+                    f"{folder} lacks the graphs {', '.join(missing)} that feature caching runs: re-run "
+                    "`outpaint export` into it without --no-feature-cache (it adds only the missing graphs), "
+                    "or use FastPathOptions(feature_cache_interval=1)"
+                )
+            self.graphs = {**self.graphs, **load_graphs(backend, self.folder, self.manifest, FEATURE_CACHE_GRAPHS)}
 
     @classmethod
     def load(cls, folder, backend="openvino-bf16", options: FastPathOptions | None = None):  # type: ignore[override]
@@ -124,9 +168,18 @@ class FastOutpaintPipeline(OutpaintPipeline):
         box = regenerate_box(latent_mask, margin, UNET_MULTIPLE)
         return None if box.covers(h, w) else box
 
+    def request_unet(self) -> UNetFn:
+        """The UNet as one request sees it: with a fresh feature cache when caching is on."""
+        interval = self.options.feature_cache_interval
+        if interval == 1:
+            return self.unet
+        return feature_cached_unet(self.graphs["unet_deep"].run, self.graphs["unet_shallow"].run, interval)
+
     def host_denoiser(self, cond: Conditioning, request: OutpaintRequest, plan: Plan) -> Denoiser:
         window = self.unet_window(cond.latent_mask)
-        unet = self.unet if window is None else windowed_unet(self.unet, window)
+        unet = self.request_unet()
+        if window is not None:
+            unet = windowed_unet(unet, window)
         tail = min(self.options.unguided_tail_steps, plan.num_steps)
         unguided = frozenset(float(t) for t in plan.timesteps[plan.num_steps - tail:]) if tail else frozenset()
         return tail_guided_denoiser(unet, cond.text_embeddings, request.guidance_scale, unguided,

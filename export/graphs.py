@@ -1,5 +1,5 @@
-"""The PyTorch modules that become the four ONNX graphs: each wraps one diffusers/transformers model
-so that its inputs and outputs are plain tensors named as in specs.py."""
+"""The PyTorch modules that become the ONNX graphs: each wraps one diffusers/transformers model so
+that its inputs and outputs are plain tensors named as in specs.py (the feature-cache pair: feature_cache.py)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,15 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latent, return_dict=False)[0]
 
 
-def graph_modules(components) -> dict[str, torch.nn.Module]:
-    return {
+def graph_modules(components, feature_cache: bool = False) -> dict[str, torch.nn.Module]:
+    modules: dict[str, torch.nn.Module] = {
         "text_encoder": TextEncoderGraph(components.text_encoder),
         "unet": UNetGraph(components.unet),
         "vae_encoder": VaeEncoderGraph(components.vae),
         "vae_decoder": VaeDecoderGraph(components.vae),
     }
+    if feature_cache:
+        from .feature_cache import UNetDeepGraph, UNetShallowGraph
+
+        modules |= {"unet_deep": UNetDeepGraph(components.unet), "unet_shallow": UNetShallowGraph(components.unet)}
+    return modules

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from outpaint.engine.backends.registry import GRAPHS
+from outpaint.engine.backends.registry import FEATURE_CACHE_GRAPHS, GRAPHS
 from tqdm import tqdm
 
 from .specs import ATTENTION_GRAPHS
@@ -19,10 +19,14 @@ def export_model(
     seed: int = 0,
     unet_in_channels: int = 4,
     config: Path | None = None,
+    feature_cache: bool = True,
 ):
     from .onnx_export import export_components
 
-    with tqdm(total=len(GRAPHS) + len(ATTENTION_GRAPHS), desc="export", unit="graph") as bar:
+    graphs = (*GRAPHS, *FEATURE_CACHE_GRAPHS, *ATTENTION_GRAPHS)
+    if not feature_cache:
+        graphs = tuple(g for g in graphs if g not in FEATURE_CACHE_GRAPHS)
+    with tqdm(total=len(graphs), desc="export", unit="graph") as bar:
         bar.set_postfix_str("loading weights")
         with tempfile.TemporaryDirectory(prefix="outpaint-src-") as workdir:
             if random:
@@ -40,4 +44,4 @@ def export_model(
                 if status in ("done", "skipped"):
                     bar.update(1)
 
-            return export_components(components, out, progress=progress)
+            return export_components(components, out, progress=progress, feature_cache=feature_cache)

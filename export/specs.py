@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from outpaint.engine.backends.registry import FEATURE_CACHE_GRAPHS
 
 TEXT_TOKENS = 77
 LATENT_CHANNELS = 4
@@ -108,6 +109,16 @@ def vae_decoder_spec() -> GraphSpec:
     )
 
 
+def feature_cache_specs(in_channels: int, hidden: int, feature_channels: int) -> tuple[GraphSpec, GraphSpec]:
+    """The UNet split for caching deep features across steps (export/feature_cache.py)."""
+    unet = unet_spec(in_channels, hidden)
+    feature = TensorSpec("deep_feature", "float32", ("2B", feature_channels, "H/8", "W/8"))
+    return (
+        dataclasses.replace(unet, name="unet_deep", outputs=(*unet.outputs, feature)),
+        dataclasses.replace(unet, name="unet_shallow", inputs=(*unet.inputs, feature)),
+    )
+
+
 def graph_specs(unet_in_channels: int, text_hidden: int) -> tuple[GraphSpec, ...]:
     return (
         text_encoder_spec(text_hidden),
@@ -118,7 +129,7 @@ def graph_specs(unet_in_channels: int, text_hidden: int) -> tuple[GraphSpec, ...
 
 
 # Graphs with attention over the latent grid, which get a fused-attention ("mha") variant.
-ATTENTION_GRAPHS = ("unet", "vae_encoder", "vae_decoder")
+ATTENTION_GRAPHS = ("unet", "vae_encoder", "vae_decoder", *FEATURE_CACHE_GRAPHS)
 
 
 def fused_attention_specs(specs: tuple[GraphSpec, ...]) -> tuple[GraphSpec, ...]:

@@ -23,6 +23,8 @@ def _add_export(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (with --random)")
     p.add_argument("--inpainting", action="store_true", help="with --random: a 9-channel inpainting UNet")
     p.add_argument("--config", type=Path, help="diffusers folder to read configs from (single-file sources)")
+    p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                   help="skip the UNet split the CPU fast path's feature caching needs (2 more UNet graphs)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -32,7 +34,7 @@ def _cmd_export(args) -> int:
     if (args.source is None) == (args.random is None):
         raise SystemExit("outpaint export: give either SRC or --random tiny|full (not both)")
     export_model(args.source, args.out, random=args.random, seed=args.seed,
-                 unet_in_channels=9 if args.inpainting else 4, config=args.config)
+                 unet_in_channels=9 if args.inpainting else 4, config=args.config, feature_cache=args.feature_cache)
     print(f"exported to {args.out}")
     return 0
 

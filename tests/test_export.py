@@ -15,8 +15,9 @@ pytest.importorskip("torch")
 
 def test_every_graph_is_recorded_with_a_passed_parity_check(tiny_model_dir):
     manifest = Manifest.load(tiny_model_dir)
-    assert set(manifest.graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder",
-                                    "unet.mha", "vae_encoder.mha", "vae_decoder.mha"}
+    assert set(manifest.graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder", "unet_deep", "unet_shallow",
+                                    "unet.mha", "vae_encoder.mha", "vae_decoder.mha", "unet_deep.mha",
+                                    "unet_shallow.mha"}
     for name, record in manifest.graphs.items():
         assert (tiny_model_dir / record.file).is_file(), name
         assert record.parity["max_rel_error"] <= record.parity["tolerance"], name
@@ -65,7 +66,8 @@ def test_rerunning_an_export_skips_what_is_done(tiny_components, tiny_model_dir,
     shutil.copytree(tiny_model_dir, copy)
     statuses: list[tuple[str, str]] = []
     export_components(tiny_components, copy, progress=lambda graph, status: statuses.append((graph, status)))
-    graphs = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet.mha", "vae_encoder.mha", "vae_decoder.mha")
+    graphs = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "unet_deep", "unet_shallow",
+              "unet.mha", "vae_encoder.mha", "vae_decoder.mha", "unet_deep.mha", "unet_shallow.mha")
     assert statuses == [(g, "skipped") for g in graphs]
 
 
@@ -136,3 +138,41 @@ def test_fused_attention_twin_replaces_softmax_attention_and_matches_the_standar
 def test_onnx_runtime_backends_run_the_fused_twin(tiny_pipeline):
     for graph in ("unet", "vae_encoder", "vae_decoder"):
         assert tiny_pipeline.graphs[graph].path.name == "model.mha.onnx"
+
+
+@pytest.mark.parametrize("variant", ["model.onnx", "model.mha.onnx"])
+def test_shallow_path_on_the_deep_feature_of_the_same_call_is_the_whole_unet(tiny_model_dir, variant):
+    """The split is exact where the feature is fresh: DeepCache's only approximation is its age."""
+    import onnxruntime as ort
+
+    def session(graph):
+        return ort.InferenceSession(str(tiny_model_dir / graph / variant), providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(3)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 16, 40), dtype=np.float32),
+        "timestep": np.array([421.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+    }
+    whole = session("unet").run(None, feeds)[0]
+    eps, feature = session("unet_deep").run(["out_sample", "deep_feature"], feeds)
+    shallow = session("unet_shallow").run(None, {**feeds, "deep_feature": feature})[0]
+    peak = np.abs(whole).max()
+    np.testing.assert_allclose(eps, whole, atol=1e-5 * peak)
+    np.testing.assert_allclose(shallow, whole, atol=1e-5 * peak)
+    # A stale feature (another timestep's) must change the output, or the shallow graph ignores it.
+    later = {**feeds, "timestep": np.array([901.0], np.float32)}
+    _, stale = session("unet_deep").run(["out_sample", "deep_feature"], later)
+    moved = session("unet_shallow").run(None, {**feeds, "deep_feature": stale})[0]
+    assert np.abs(moved - whole).max() > 1e-3 * peak
+
+
+def test_export_without_feature_cache_skips_the_split(tiny_components, tmp_path):
+    from outpaint.export.onnx_export import export_components
+
+    statuses: list[tuple[str, str]] = []
+    export_components(tiny_components, tmp_path / "model", feature_cache=False,
+                      progress=lambda graph, status: statuses.append((graph, status)))
+    done = {graph for graph, status in statuses if status == "done"}
+    assert done == {"text_encoder", "unet", "vae_encoder", "vae_decoder", "unet.mha", "vae_encoder.mha",
+                    "vae_decoder.mha"}

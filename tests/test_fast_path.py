@@ -9,7 +9,7 @@ from outpaint.engine.errors import InvalidRequest
 from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
 from outpaint.engine.request import OutpaintRequest
 
-OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0)
+OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,11 @@ def test_all_levers_off_is_the_reference_pipeline(tiny_model_dir, case, referenc
 
 
 @pytest.mark.parametrize("options", [
-    FastPathOptions(decode_margin=2, window_margin=None, unguided_tail_steps=0),
-    FastPathOptions(decode_margin=None, window_margin=2, unguided_tail_steps=0),
-    FastPathOptions(decode_margin=2, window_margin=2, unguided_tail_steps=2),
-], ids=["region-decode", "unet-window", "all"])
+    FastPathOptions(decode_margin=2, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1),
+    FastPathOptions(decode_margin=None, window_margin=2, unguided_tail_steps=0, feature_cache_interval=1),
+    FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=2),
+    FastPathOptions(decode_margin=2, window_margin=2, unguided_tail_steps=2, feature_cache_interval=3),
+], ids=["region-decode", "unet-window", "feature-cache", "all"])
 def test_each_lever_keeps_the_source_exact_and_changes_only_the_mask(tiny_model_dir, case, reference, options):
     result = _fast(tiny_model_dir, options)(*case)
     regenerate = reference.canvas.mask > 0
@@ -63,15 +64,79 @@ def test_guidance_one_makes_the_unguided_tail_exact(tiny_model_dir, tiny_pipelin
     source, request = case
     request = OutpaintRequest(**{**request.__dict__, "guidance_scale": 1.0})
     expected = tiny_pipeline(source, request)
-    tail_only = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=3)
+    tail_only = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=3, feature_cache_interval=1)
     result = _fast(tiny_model_dir, tail_only)(source, request)
     np.testing.assert_array_equal(result.latents, expected.latents)
 
 
 @pytest.mark.parametrize("kwargs,field", [
     ({"decode_margin": -1}, "decode_margin"), ({"window_margin": -2}, "window_margin"),
-    ({"unguided_tail_steps": -1}, "unguided_tail_steps"),
+    ({"unguided_tail_steps": -1}, "unguided_tail_steps"), ({"feature_cache_interval": 0}, "feature_cache_interval"),
 ])
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(InvalidRequest, match=field):
         FastPathOptions(**kwargs)
+
+
+def test_feature_cache_runs_the_whole_unet_every_kth_call_and_serves_the_tail_from_the_prompt_half():
+    from outpaint.engine.fast_pipeline import feature_cached_unet
+
+    calls: list[tuple[str, int]] = []
+
+    def deep(feeds):
+        batch = feeds["sample"].shape[0]
+        calls.append(("deep", batch))
+        feature = np.arange(batch, dtype=np.float32).reshape(batch, 1, 1, 1) * np.ones((1, 3, 2, 2), np.float32)
+        return {"out_sample": feeds["sample"], "deep_feature": feature}
+
+    def shallow(feeds):
+        calls.append(("shallow", feeds["sample"].shape[0]))
+        assert feeds["deep_feature"].shape[0] == feeds["sample"].shape[0]
+        return {"out_sample": feeds["sample"] + feeds["deep_feature"][:, :1]}
+
+    unet = feature_cached_unet(deep, shallow, interval=3)
+    for batch in (2, 2, 2, 2, 2, 1, 1):
+        out = unet({"sample": np.zeros((batch, 1, 2, 2), np.float32)})
+    assert calls == [("deep", 2), ("shallow", 2), ("shallow", 2), ("deep", 2), ("shallow", 2), ("shallow", 1),
+                     ("deep", 1)]
+    assert out["out_sample"].shape == (1, 1, 2, 2)
+    fresh = feature_cached_unet(deep, shallow, interval=3)
+    calls.clear()
+    fresh({"sample": np.zeros((1, 1, 2, 2), np.float32)})
+    fresh({"sample": np.zeros((2, 1, 2, 2), np.float32)})  # a batch-1 feature cannot serve batch 2
+    assert calls == [("deep", 1), ("deep", 2)]
+
+
+def test_prompt_half_of_the_cached_feature_serves_batch_one():
+    from outpaint.engine.fast_pipeline import feature_cached_unet
+
+    seen = []
+
+    def deep(feeds):
+        return {"out_sample": feeds["sample"], "deep_feature": np.stack([np.full((3, 2, 2), v, np.float32)
+                                                                          for v in (7.0, 9.0)])}
+
+    def shallow(feeds):
+        seen.append(float(feeds["deep_feature"][0, 0, 0, 0]))
+        return {"out_sample": feeds["sample"]}
+
+    unet = feature_cached_unet(deep, shallow, interval=4)
+    unet({"sample": np.zeros((2, 1, 2, 2), np.float32)})
+    unet({"sample": np.zeros((1, 1, 2, 2), np.float32)})
+    assert seen == [9.0]  # [uncond, cond]: the cond half
+
+
+def test_feature_cache_needs_the_split_graphs_and_says_how_to_get_them(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from outpaint.engine.errors import ModelError
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["graphs"] = {k: v for k, v in manifest["graphs"].items() if not k.startswith("unet_")}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"unet_deep, unet_shallow.*outpaint export"):
+        FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=2))
+    FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=1))  # off: not needed

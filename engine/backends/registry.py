@@ -1,8 +1,8 @@
-"""Backend names (the CLI's --backend choices) -> a loader of the four graphs of a model folder."""
+"""Backend names (the CLI's --backend choices) -> a loader of the named graphs of a model folder."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import InvalidRequest
@@ -10,7 +10,9 @@ from ..manifest import Manifest
 from .base import GraphRunner
 
 GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-GraphLoader = Callable[[Path, Manifest], dict[str, GraphRunner]]
+# The UNet split the fast path's feature caching runs (export/feature_cache.py); exported by default.
+FEATURE_CACHE_GRAPHS = ("unet_deep", "unet_shallow")
+GraphLoader = Callable[[Path, Manifest, Sequence[str]], dict[str, GraphRunner]]
 
 
 def ort_graph_file(manifest: Manifest, name: str) -> str:
@@ -20,40 +22,40 @@ def ort_graph_file(manifest: Manifest, name: str) -> str:
 
 
 def _ort_loader(providers: tuple) -> GraphLoader:
-    def load(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+    def load(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
         from .ort import OrtGraph, OrtOptions
 
         options = OrtOptions(providers=providers)
-        return {name: OrtGraph(name, folder / ort_graph_file(manifest, name), options) for name in GRAPHS}
+        return {name: OrtGraph(name, folder / ort_graph_file(manifest, name), options) for name in names}
 
     return load
 
 
 def _openvino_loader(precision: str) -> GraphLoader:
-    def load(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+    def load(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
         from .openvino import OvOptions, load_openvino_graphs
 
-        files = {name: manifest.graphs[name].file for name in GRAPHS}
+        files = {name: manifest.graphs[name].file for name in names}
         return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision)))
 
     return load
 
 
-def _ort_trt_loader(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+def _ort_trt_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
     from .ort import OrtGraph, OrtOptions
     from .ort_trt import ort_trt_providers
 
     return {
         name: OrtGraph(name, folder / manifest.graphs[name].file,
                        OrtOptions(providers=ort_trt_providers(folder, manifest, name)))
-        for name in GRAPHS
+        for name in names
     }
 
 
-def _tensorrt_loader(folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+def _tensorrt_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
     from .tensorrt import load_tensorrt_graphs
 
-    return dict(load_tensorrt_graphs(folder, manifest, GRAPHS))
+    return dict(load_tensorrt_graphs(folder, manifest, tuple(names)))
 
 
 BACKENDS: dict[str, GraphLoader] = {
@@ -67,9 +69,12 @@ BACKENDS: dict[str, GraphLoader] = {
 }
 
 
-def load_graphs(backend: str, folder: Path, manifest: Manifest) -> dict[str, GraphRunner]:
+def load_graphs(
+    backend: str, folder: Path, manifest: Manifest, names: Sequence[str] = GRAPHS
+) -> dict[str, GraphRunner]:
+    """Load `names` (default: the four graphs every pipeline runs) on `backend`."""
     try:
         loader = BACKENDS[backend]
     except KeyError:
         raise InvalidRequest("backend", f"{backend!r} is not a backend; choose one of {', '.join(BACKENDS)}") from None
-    return loader(folder, manifest)
+    return loader(folder, manifest, names)
