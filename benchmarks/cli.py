@@ -54,6 +54,8 @@ def add_bench(sub) -> None:
                    help="latent cells of UNet context around the mask, or 'off' (whole canvas)")
     p.add_argument("--fast-unguided-tail", type=int, default=FastSettings.unguided_tail_steps,
                    help="final steps of outpaint-fast without classifier-free guidance")
+    p.add_argument("--fast-feature-cache", type=int, default=FastSettings.feature_cache_interval,
+                   help="outpaint-fast runs the whole UNet every k-th call and its shallow path between; 1 = off")
     p.add_argument("--wait-load", type=float, default=None,
                    help="before starting, wait until the 1-minute load average is below this")
     p.add_argument("--wait-max-s", type=float, default=600.0, help="longest wait for --wait-load, seconds")
@@ -75,7 +77,8 @@ def config_from_args(args) -> BenchConfig:
             steps=args.steps, warmup=args.warmup, runs=args.runs, runs_large=args.runs_large,
             whole_runs=args.whole_runs,
             fast=FastSettings(backend=args.fast_backend, decode_margin=args.fast_decode_margin,
-                              window_margin=args.fast_window_margin, unguided_tail_steps=args.fast_unguided_tail),
+                              window_margin=args.fast_window_margin, unguided_tail_steps=args.fast_unguided_tail,
+                              feature_cache_interval=args.fast_feature_cache),
         )
     except ValueError as exc:
         raise SystemExit(f"outpaint bench: {exc}") from None

@@ -35,6 +35,7 @@ class FastSettings:
     decode_margin: int | None = None
     window_margin: int | None = 7
     unguided_tail_steps: int = 2  # the steps below sigma 0.28 at 25 DDIM steps (docs/benchmarks.md)
+    feature_cache_interval: int = 3  # whole UNet every 3rd call, shallow path between; 1 = off
 
 
 @dataclass(frozen=True)

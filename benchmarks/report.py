@@ -7,12 +7,14 @@ from typing import Any
 import numpy as np
 
 from .config import REFERENCE_FP32
+from .timing import NO_CANVAS
 from .workload import psnr_db
 
 DIFFUSERS = "diffusers-torch-fp32"
 OPENVINO_BF16 = "openvino-bf16"
 # Our stages that do the same job as a peer's stage of another name.
-COMPARABLE = {"unet_step_window": "unet_step", "vae_decode_region": "vae_decode"}
+COMPARABLE = {"unet_step_window": "unet_step", "unet_step_window_shallow": "unet_step",
+              "vae_decode_region": "vae_decode"}
 # The fast path's image must stay within this PSNR of our fp32 image over the regenerated area
 # (docs/benchmarks.md: bf16 alone costs about this much; 30 dB is an RMS error of 8/255).
 PSNR_THRESHOLD_DB = 30.0
@@ -97,15 +99,23 @@ def targets(rows: list[dict[str, Any]], quality_rows: list[dict[str, Any]], conf
             "met": bool(window["median_s"] <= peer["max_s"]),
         })
     diff = index.get((DIFFUSERS, whole, canvas))
+    # A cross-check that one slow whole run (other jobs on the machine) cannot inflate the ratio:
+    # diffusers' whole outpaint rebuilt from its own stage medians (it runs each stage once per request).
+    stages = [index.get((DIFFUSERS, stage, at)) for stage, at in (
+        ("text_encoder", NO_CANVAS), ("vae_encode", canvas), ("vae_decode", canvas), ("unet_step", canvas))]
+    stage_sum = (sum(r["median_s"] for r in stages[:3]) + config.steps * stages[3]["median_s"]
+                 if all(stages) else None)
     for system in ("outpaint-fast", "outpaint-openvino-bf16"):
         mine = index.get((system, whole, canvas))
-        if mine and diff:
-            speedup = diff["median_s"] / mine["median_s"]
-            out.append({
-                "target": f"{system}: whole outpaint ({config.steps} steps, {canvas}) >= "
-                          f"{WHOLE_SPEEDUP_TARGET:g}x faster than diffusers fp32",
-                "value": round(speedup, 2), "unit": "speed-up", "met": bool(speedup >= WHOLE_SPEEDUP_TARGET),
-            })
+        for reference, label in ((diff and diff["median_s"], "diffusers fp32"),
+                                 (stage_sum, "diffusers fp32's stage sum")):
+            if mine and reference:
+                speedup = reference / mine["median_s"]
+                out.append({
+                    "target": f"{system}: whole outpaint ({config.steps} steps, {canvas}) >= "
+                              f"{WHOLE_SPEEDUP_TARGET:g}x faster than {label}",
+                    "value": round(speedup, 2), "unit": "speed-up", "met": bool(speedup >= WHOLE_SPEEDUP_TARGET),
+                })
     for q in quality_rows:
         if q["system"].startswith("outpaint"):
             out.append({
