@@ -188,3 +188,11 @@ class FastOutpaintPipeline(OutpaintPipeline):
     def decode_for_paste_back(self, latents: np.ndarray, cond: Conditioning) -> np.ndarray:
         """With the region decode on, the result's `decoded` holds the source outside the decoded box."""
         return self.decode_region(latents, cond.canvas, cond.latent_mask)
+
+
+def load_pipeline(folder: str | Path, backend: str, fast: bool = False) -> OutpaintPipeline:
+    """The pipeline `outpaint run` and `outpaint serve` use: the reference one, or with `fast` the fast
+    path with its default levers (approximations inside the mask, see docs/benchmarks.md)."""
+    if fast:
+        return FastOutpaintPipeline.load(folder, backend)
+    return OutpaintPipeline.load(folder, backend)

@@ -14,6 +14,10 @@ from outpaint.export.trt_cli import add_build_engines
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 
+FAST_HELP = ("CPU fast path: UNet window around the new area, unguided last steps, deep features reused "
+             "across steps; approximate inside the new area (docs/benchmarks.md). Fastest with "
+             "--backend openvino-bf16")
+
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="convert SD 1.5 weights to checked ONNX graphs")
@@ -65,6 +69,7 @@ def _add_run(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
     p.add_argument("--backend", default="ort-cpu", choices=tuple(BACKENDS),
                    help="graph runtime (default ort-cpu; GPU ones: docs/gpu.md)")
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
     add_request_arguments(p)
     p.set_defaults(func=_cmd_run)
 
@@ -79,12 +84,12 @@ def _request_from_args(args, schedulers):
 
 
 def _cmd_run(args) -> int:
-    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.engine.fast_pipeline import load_pipeline
     from outpaint.run_request import run_with_progress, save_image
 
     if not args.image.is_file():
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
-    pipeline = OutpaintPipeline.load(args.model, args.backend)
+    pipeline = load_pipeline(args.model, args.backend, fast=args.fast)
     request = _request_from_args(args, pipeline.scheduler_names)
     result = run_with_progress(pipeline, args.image.read_bytes(), request)
     for warning in result.warnings:

@@ -23,6 +23,8 @@ def add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
                    help=f"graph runtime (default {defaults.backend})")
+    p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
+                   "area, several times faster (docs/benchmarks.md); best with --backend openvino-bf16")
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,
@@ -53,7 +55,8 @@ def _cmd_serve(args) -> int:
                          "pip install 'outpaint[serve]'") from None
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
-        model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, no_auth=args.no_auth,
+        model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
+        no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,

@@ -17,6 +17,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     backend: str = "ort-cpu"
+    fast: bool = False  # FastOutpaintPipeline instead of OutpaintPipeline (engine/fast_pipeline.py)
     no_auth: bool = False
     price: int = 1  # credits per delivered image
     concurrency: int = 1  # generations running at once on the one pipeline

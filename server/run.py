@@ -52,7 +52,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(config: ServerConfig, *, log_level: str = "info") -> int:
-    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.engine.fast_pipeline import load_pipeline
 
     from .app import create_app
     from .credits import CreditStore
@@ -61,8 +61,9 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> int:
     if problems:
         raise SystemExit("outpaint serve: " + "; ".join(problems))
     started = time.perf_counter()
-    pipeline = OutpaintPipeline.load(config.model, config.backend)
-    log.info("loaded %s (%s) in %.1f s", config.model, config.backend, time.perf_counter() - started)
+    pipeline = load_pipeline(config.model, config.backend, fast=config.fast)
+    log.info("loaded %s (%s%s) in %.1f s", config.model, config.backend, ", fast path" if config.fast else "",
+             time.perf_counter() - started)
     store = None
     if config.no_auth:
         log.warning("--no-auth: anyone who can reach %s:%d can generate, no credits are counted",

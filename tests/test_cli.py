@@ -58,3 +58,25 @@ def test_demo_reuses_a_model_and_reports_stages(tiny_model_dir, tmp_path):
     assert Image.open(out).size == (256, 256)
     for stage in ("text_encoder", "vae_encode", "denoise", "vae_decode", "per denoising step"):
         assert stage in done.stdout
+
+
+def test_run_fast_changes_only_the_new_area(tiny_model_dir, tmp_path):
+    import numpy as np
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.request import FIELDS
+
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(128, 256))
+    args = ("--model", str(tiny_model_dir), "--image", str(image), "--prompt", "a harbour", "--width", "256",
+            "--height", "256", "--seed", "3")
+    outputs = []
+    for extra in ((), ("--fast",)):
+        out = tmp_path / f"out{len(extra)}.png"
+        done = _outpaint("run", *args, "--out", str(out), *extra)
+        assert done.returncode == 0, done.stderr
+        outputs.append(np.asarray(Image.open(out).convert("RGB")))
+    placed = cv.make_canvas(cv.decode_image(image.read_bytes()), width=256, height=256,
+                            mask_expand=FIELDS["mask_expand"].default)
+    new_area = placed.mask > 0
+    np.testing.assert_array_equal(outputs[1][~new_area], outputs[0][~new_area])
+    assert np.any(outputs[1][new_area] != outputs[0][new_area]), "--fast did not change the generation"
