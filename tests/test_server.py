@@ -545,3 +545,15 @@ def test_serve_refuses_a_bad_configuration(tiny_model_dir, tmp_path):
         result = subprocess.run([sys.executable, "-m", "outpaint.cli", "serve", "--model", str(tiny_model_dir),
                                  *args], capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and message in result.stderr
+
+
+def test_fast_flag_serves_the_fast_path(tiny_model_dir, tmp_path):
+    log = tmp_path / "fast.log"
+    server = start_server(tiny_model_dir, log_path=log, args=["--no-auth", "--fast"])
+    try:
+        r = post(server, cheap_body(strength=1.0))
+        assert jpeg_size(r) == (256, 256) and r.headers["x-seed"] == "5"
+        assert_json_error(post(server, cheap_body(img_width=100)), 400)
+    finally:
+        assert server.stop() == 0
+    assert "(ort-cpu, fast path)" in log.read_text()
