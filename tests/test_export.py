@@ -71,20 +71,32 @@ def test_rerunning_an_export_skips_what_is_done(tiny_components, tiny_model_dir,
     assert statuses == [(g, "skipped") for g in graphs]
 
 
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
+    "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None],
+}
+
+
+def _diffusers_folder(components, folder):
+    """`components` saved the way diffusers publishes SD 1.5 (model_index.json and one folder each)."""
+    components.text_encoder.save_pretrained(folder / "text_encoder")
+    components.unet.save_pretrained(folder / "unet")
+    components.vae.save_pretrained(folder / "vae")
+    shutil.copytree(components.tokenizer_dir, folder / "tokenizer")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(components.scheduler_config))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX))
+    return folder
+
+
 def test_export_from_a_diffusers_folder_gives_the_same_graphs(tiny_components, tiny_model_dir, tmp_path):
     import onnxruntime as ort
     from outpaint.export.onnx_export import export_components
     from outpaint.export.sources import load_components
 
-    folder = tmp_path / "sd15"
-    tiny_components.text_encoder.save_pretrained(folder / "text_encoder")
-    tiny_components.unet.save_pretrained(folder / "unet")
-    tiny_components.vae.save_pretrained(folder / "vae")
-    shutil.copytree(tiny_components.tokenizer_dir, folder / "tokenizer")
-    (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny_components.scheduler_config))
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-
+    folder = _diffusers_folder(tiny_components, tmp_path / "sd15")
     loaded = load_components(str(folder))
     assert loaded.fingerprint.startswith("sha256:")
     manifest = export_components(loaded, tmp_path / "out")
@@ -176,3 +188,21 @@ def test_export_without_feature_cache_skips_the_split(tiny_components, tmp_path)
     done = {graph for graph, status in statuses if status == "done"}
     assert done == {"text_encoder", "unet", "vae_encoder", "vae_decoder", "unet.mha", "vae_encoder.mha",
                     "vae_decoder.mha"}
+
+
+def test_single_file_checkpoint_loads_every_weight_exactly(tiny_components, tmp_path):
+    """An original-layout (LDM) .safetensors of the tiny model, read through `outpaint export`'s own path."""
+    from outpaint.export.sources import load_components
+
+    from .ldm_layout import write_ldm_checkpoint
+
+    checkpoint = tmp_path / "tiny-sd15.safetensors"
+    write_ldm_checkpoint(tiny_components, checkpoint)
+    loaded = load_components(str(checkpoint), config=_diffusers_folder(tiny_components, tmp_path / "configs"))
+    assert loaded.description.startswith("single-file checkpoint") and loaded.fingerprint.startswith("sha256:")
+    for name in ("unet", "vae", "text_encoder"):
+        expected, actual = getattr(tiny_components, name).state_dict(), getattr(loaded, name).state_dict()
+        assert set(actual) == set(expected), name
+        for key, tensor in expected.items():
+            assert actual[key].equal(tensor), f"{name}.{key}"
+    assert loaded.scheduler_config["steps_offset"] == 1 and (loaded.tokenizer_dir / "tokenizer.json").is_file()
