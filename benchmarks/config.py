@@ -34,7 +34,7 @@ class FastSettings:
     # Off: the region decode measured 21-24 dB against the full decode on this model (docs/benchmarks.md).
     decode_margin: int | None = None
     window_margin: int | None = 7
-    unguided_tail_steps: int = 2  # the steps below sigma 0.28 at 25 DDIM steps (docs/benchmarks.md)
+    unguided_tail_steps: int = 0  # FastPathOptions' default; 2 = the steps below sigma 0.28 at 25 DDIM steps
     feature_cache_interval: int = 3  # whole UNet every 3rd call, shallow path between; 1 = off
 
 

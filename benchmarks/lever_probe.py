@@ -3,7 +3,7 @@
     python -m outpaint.benchmarks.lever_probe --model /work/models/full 7:1 7:2 7:3 7:5 off:3
 
 Each setting is WINDOW_MARGIN:FEATURE_CACHE_INTERVAL[:UNGUIDED_TAIL_STEPS] (`off` = no UNet window;
-the tail defaults to 2). The request is the
+the tail defaults to 2, as in the probes of docs/benchmarks.md; FastPathOptions' default is 0). The request is the
 benchmark's (`outpaint bench`'s whole outpaint); the reference is OutpaintPipeline on ort-cpu, computed
 once and kept in --workdir. Each setting runs once to compile its shapes, then once timed. One JSON
 line per setting: total seconds, per-step seconds, stage timings, PSNR over the regenerated area, and

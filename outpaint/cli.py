@@ -14,9 +14,8 @@ from outpaint.export.trt_cli import add_build_engines
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 
-FAST_HELP = ("CPU fast path: UNet window around the new area, unguided last steps, deep features reused "
-             "across steps; approximate inside the new area (docs/benchmarks.md). Fastest with "
-             "--backend openvino-bf16")
+FAST_HELP = ("CPU fast path: UNet window around the new area, deep UNet features reused across steps; "
+             "approximate inside the new area (docs/benchmarks.md). Fastest with --backend openvino-bf16")
 
 
 def _add_export(sub) -> None:
