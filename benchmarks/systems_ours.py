@@ -128,8 +128,8 @@ def _fast_stages(pipe, config: BenchConfig, rec: Recorder) -> None:
     feeds = unet_inputs(config.outpaint_canvas, hidden)
     window = pipe.unet_window(mask)
     caching = config.fast.feature_cache_interval > 1
-    # With caching on, the whole-UNet calls are unet_deep's (the same UNet plus one output): measuring
-    # it instead of `unet` keeps a second compiled UNet out of this process's memory.
+    # With caching on, the whole-UNet calls are unet_deep's (the same UNet plus one output); the fast
+    # pipeline then does not load `unet` at all.
     whole = pipe.graphs["unet_deep"].run if caching else pipe.unet
 
     def windowed(fn):

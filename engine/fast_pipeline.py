@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import canvas as cv
-from .backends.registry import FEATURE_CACHE_GRAPHS, load_graphs
+from .backends.registry import FEATURE_CACHE_GRAPHS, GRAPHS
 from .errors import InvalidRequest, ModelError
 from .loop import UNetFn, guide
 from .pipeline import Conditioning, OutpaintPipeline
@@ -130,22 +130,27 @@ class FastOutpaintPipeline(OutpaintPipeline):
     """OutpaintPipeline (default backend openvino-bf16) plus the levers of `FastPathOptions`."""
 
     def __init__(self, folder: Path, backend: str = "openvino-bf16", options: FastPathOptions | None = None) -> None:
+        self.options = options or FastPathOptions()  # before super().__init__: graph_names reads it
         # The levers act on the host loop's UNet calls, so the device-resident loop stays off.
         super().__init__(Path(folder), backend, device_loop=False)
-        self.options = options or FastPathOptions()
-        if self.options.feature_cache_interval > 1:
-            missing = [g for g in FEATURE_CACHE_GRAPHS if g not in self.manifest.graphs]
-            if missing:
-                raise ModelError(
-                    f"{folder} lacks the graphs {', '.join(missing)} that feature caching runs: re-run "
-                    "`outpaint export` into it without --no-feature-cache (it adds only the missing graphs), "
-                    "or use FastPathOptions(feature_cache_interval=1)"
-                )
-            self.graphs = {**self.graphs, **load_graphs(backend, self.folder, self.manifest, FEATURE_CACHE_GRAPHS)}
 
     @classmethod
     def load(cls, folder, backend="openvino-bf16", options: FastPathOptions | None = None):  # type: ignore[override]
         return cls(Path(folder), backend, options)
+
+    def graph_names(self) -> tuple[str, ...]:
+        """With feature caching, the UNet split replaces the whole-UNet graph, which is then never run
+        (not loading it saves an ONNX Runtime session holding the UNet's weights)."""
+        if self.options.feature_cache_interval == 1:
+            return GRAPHS
+        missing = [g for g in FEATURE_CACHE_GRAPHS if g not in self.manifest.graphs]
+        if missing:
+            raise ModelError(
+                f"{self.folder} lacks the graphs {', '.join(missing)} that feature caching runs: re-run "
+                "`outpaint export` into it without --no-feature-cache (it adds only the missing graphs), "
+                "or use FastPathOptions(feature_cache_interval=1)"
+            )
+        return (*(g for g in GRAPHS if g != "unet"), *FEATURE_CACHE_GRAPHS)
 
     def decode_region(self, latents: np.ndarray, canvas: cv.Canvas, latent_mask: np.ndarray) -> np.ndarray:
         """(1, 4, h, w) latents -> (H, W, 3) uint8: decoded inside the mask's box, the source outside."""

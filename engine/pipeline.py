@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import canvas as cv
-from .backends.registry import load_graphs
+from .backends.registry import GRAPHS, load_graphs
 from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
 from .device_loop import supports as device_loop_supports
 from .errors import Cancelled, InvalidRequest, ModelError
@@ -75,14 +75,15 @@ class OutpaintPipeline:
         self.folder = folder
         self.backend = backend
         self.manifest = Manifest.load(folder)
-        missing = [g for g in ("text_encoder", "unet", "vae_encoder", "vae_decoder") if g not in self.manifest.graphs]
+        names = self.graph_names()
+        missing = [g for g in names if g not in self.manifest.graphs]
         if missing:
             raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: the export did not finish; re-run it")
         self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
-        self.graphs = load_graphs(backend, folder, self.manifest)
+        self.graphs = load_graphs(backend, folder, self.manifest, names)
         # None: keep the loop on the device when the backend's UNet lives on a GPU (docs/gpu.md).
-        self.device_runtime = select_device_runtime(self.graphs["unet"], device_loop)
+        self.device_runtime = None if device_loop is False else select_device_runtime(self.graphs["unet"], device_loop)
         self.unet_in_channels = self.manifest.unet_in_channels
         self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
 
@@ -162,6 +163,10 @@ class OutpaintPipeline:
     # -- the whole request ------------------------------------------------------------------------
 
     # -- hooks a specialised pipeline (engine/fast_pipeline.py) overrides --------------------------
+
+    def graph_names(self) -> tuple[str, ...]:
+        """The graphs this pipeline runs, loaded once at start (the manifest is read by then)."""
+        return GRAPHS
 
     def host_denoiser(self, cond: Conditioning, request: OutpaintRequest, plan: Plan) -> Denoiser:
         """eps(x, t) for the host loop: one guided UNet call per model evaluation."""

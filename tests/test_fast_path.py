@@ -140,3 +140,9 @@ def test_feature_cache_needs_the_split_graphs_and_says_how_to_get_them(tiny_mode
     with pytest.raises(ModelError, match=r"unet_deep, unet_shallow.*outpaint export"):
         FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=2))
     FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=1))  # off: not needed
+
+
+def test_feature_cache_loads_the_split_instead_of_the_whole_unet(tiny_model_dir):
+    caching = _fast(tiny_model_dir, FastPathOptions(feature_cache_interval=2))
+    assert {"unet_deep", "unet_shallow"} <= set(caching.graphs) and "unet" not in caching.graphs
+    assert "unet" in _fast(tiny_model_dir, OFF).graphs
