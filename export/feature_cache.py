@@ -43,7 +43,7 @@ def _check_supported(unet: torch.nn.Module) -> None:
 
 def feature_channels(unet_config) -> int:
     """Channels of `deep_feature`: the width of the up layer before the cut, or of the block below."""
-    cut = unet_config.layers_per_block - SHALLOW_LAYERS  # index of the first up layer the shallow path runs
+    cut = unet_config.layers_per_block - SHALLOW_LAYERS  # as _UNetSplit.cut
     blocks = unet_config.block_out_channels
     return int(blocks[0] if cut > 0 else blocks[1])
 
@@ -60,14 +60,18 @@ def _layer(resnet, attention, hidden: torch.Tensor, emb: torch.Tensor, context: 
     return hidden
 
 
-class UNetDeepGraph(torch.nn.Module):
-    """The UNet, returning (out_sample, deep_feature)."""
+class _UNetSplit(torch.nn.Module):
+    """One side of the split: the UNet and `cut`, the index of the first up layer the shallow path runs."""
 
     def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         _check_supported(unet)
         self.unet = unet
         self.cut = unet.config.layers_per_block - SHALLOW_LAYERS
+
+
+class UNetDeepGraph(_UNetSplit):
+    """The UNet, returning (out_sample, deep_feature)."""
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         captured: list[torch.Tensor] = []
@@ -86,14 +90,8 @@ class UNetDeepGraph(torch.nn.Module):
         return out, captured[0]
 
 
-class UNetShallowGraph(torch.nn.Module):
+class UNetShallowGraph(_UNetSplit):
     """(sample, timestep, encoder_hidden_states, deep_feature) -> out_sample, through the shallow path only."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        _check_supported(unet)
-        self.unet = unet
-        self.cut = unet.config.layers_per_block - SHALLOW_LAYERS
 
     def forward(self, sample, timestep, encoder_hidden_states, deep_feature):
         unet = self.unet
