@@ -7,9 +7,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from outpaint.engine.backends.registry import BACKENDS
+
 from .config import SYSTEMS, WHOLE_DEFAULT, BenchConfig, FastSettings
 
 TINY_DEFAULTS = {"unet_canvases": ("256x256", "384x256"), "outpaint_canvas": "256x256"}
+# Only the full-size run writes the committed results; a smoke run's timings mean nothing.
+DEFAULT_OUT = {"full": Path("benchmarks/results.json"), "tiny": Path("out/bench-tiny/results.json")}
 
 
 def _margin(text: str) -> int | None:
@@ -32,7 +36,8 @@ def add_bench(sub) -> None:
                    help="tiny: smoke run in seconds; full: SD 1.5-size random weights, real timings (~35 min)")
     p.add_argument("--model", type=Path, help="random-weight model folder (exported there if missing); "
                    "default ~/.cache/outpaint/random-SIZE")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results.json"), help="JSON results file")
+    p.add_argument("--out", type=Path, help=f"JSON results file (default {DEFAULT_OUT['full']}; "
+                   f"with --size tiny {DEFAULT_OUT['tiny']}, so a smoke run never overwrites the committed one)")
     p.add_argument("--systems", type=_names, default=SYSTEMS, help=f"comma-separated, of {','.join(SYSTEMS)}")
     p.add_argument("--whole-systems", type=_names, default=WHOLE_DEFAULT,
                    help="systems that also run the whole outpaint (the most expensive row)")
@@ -47,7 +52,8 @@ def add_bench(sub) -> None:
     p.add_argument("--runs", type=int, default=3, help="timed calls per stage")
     p.add_argument("--runs-large", type=int, default=2, help="timed UNet calls at canvases of 1024x1024 or more")
     p.add_argument("--whole-runs", type=int, default=1, help="timed whole outpaints per system")
-    p.add_argument("--fast-backend", default="openvino-bf16", help="backend of outpaint-fast")
+    p.add_argument("--fast-backend", choices=tuple(BACKENDS),
+                   help="backend of outpaint-fast (default: what `--fast` picks on this CPU, `outpaint info`)")
     p.add_argument("--fast-decode-margin", type=_margin, default=FastSettings.decode_margin,
                    help="latent cells of VAE-decoder context around the mask, or 'off' (decode everything)")
     p.add_argument("--fast-window-margin", type=_margin, default=FastSettings.window_margin,
@@ -84,15 +90,20 @@ def config_from_args(args) -> BenchConfig:
         raise SystemExit(f"outpaint bench: {exc}") from None
 
 
+def results_path(args) -> Path:
+    return args.out or DEFAULT_OUT[args.size]
+
+
 def cmd_bench(args) -> int:
     from . import report
     from .run import run_benchmark, wait_for_quiet
 
     config = config_from_args(args)
+    out = results_path(args)
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.wait_max_s)
     command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
-    results = run_benchmark(config, args.out, command)
+    results = run_benchmark(config, out, command)
     print(report.summary(results))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 1 if results["errors"] else 0

@@ -164,7 +164,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from outpaint.engine.errors import OutpaintError
+    from outpaint.core.errors import OutpaintError
 
     p = argparse.ArgumentParser(prog="python -m outpaint.benchmarks.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True)

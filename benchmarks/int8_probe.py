@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the int8 probe needs NNCF: pip install nncf") from None
     import onnxruntime as ort
     import openvino as ov
-    from outpaint.engine.manifest import Manifest
+
+    from outpaint.core.manifest import Manifest
 
     hidden = Manifest.load(args.model).text_hidden_size
     feeds = _calibration_feeds(args.model, args.calibration_steps)

@@ -1,4 +1,7 @@
-"""The machine a benchmark ran on: CPU model, cores, the instruction sets that decide bf16 speed, load."""
+"""The machine a benchmark ran on: CPU model, cores, the instruction sets that decide bf16 speed, load.
+
+The CPU part comes from engine/cpu_features.py, the detection `--fast` and the backends use too.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def _cpuinfo() -> dict[str, str]:
-    path = Path("/proc/cpuinfo")
-    info: dict[str, str] = {}
-    if not path.is_file():
-        return info
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key and key not in info:  # the first processor's entry describes them all
-            info[key] = value.strip()
-    return info
+from outpaint.engine.cpu_features import FLAGS_OF_INTEREST, cpu_features
 
 
 def _mem_total_gib() -> float | None:
@@ -39,13 +29,14 @@ def load_average() -> list[float]:
 
 
 def describe_machine() -> dict[str, Any]:
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    features = cpu_features()
     return {
-        "cpu_model": info.get("model name", platform.processor() or "unknown"),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "flags": {flag: flag in flags for flag in FLAGS_OF_INTEREST},
+        "cpu_model": features.model,
+        "logical_cpus": features.logical_cpus,
+        "usable_cpus": features.usable_cpus,
+        "flags": {flag: features.has(flag) for flag in FLAGS_OF_INTEREST},
+        # Capabilities yes/no, native bf16, what OpenVINO reports and the backend `--fast` picks here.
+        "capabilities": features.summary(),
         "memory_gib": _mem_total_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),

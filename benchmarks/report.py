@@ -26,7 +26,8 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per row: speed-up against diffusers and against OpenVINO bf16 at the same stage and canvas (>1 = faster)."""
+    """Per row: speed-up against diffusers and against OpenVINO bf16 at the same stage and canvas (>1 = faster);
+    None where that peer has no such row (not run, skipped on a CPU without native bf16, or failed)."""
     index = _index(rows)
     out = []
     for row in rows:
@@ -155,6 +156,9 @@ def table(results: dict[str, Any], markdown: bool = False) -> str:
 
 def summary(results: dict[str, Any]) -> str:
     parts = [table(results)]
+    fast = results.get("fast_path")
+    if fast and "outpaint-fast" in results["config"]["systems"]:
+        parts.append(f"\noutpaint-fast ran on {fast['backend']} ({fast['precision']}): {fast['reason']}")
     if results.get("quality"):
         parts.append("\nimage quality against " + REFERENCE_FP32 + ":")
         parts += [f"  {q['system']:24s} PSNR {q['psnr_db_regenerated']:7.2f} dB regenerated area, "
@@ -168,6 +172,9 @@ def summary(results: dict[str, Any]) -> str:
         parts.append("\ntargets:")
         parts += [f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']} {t['unit']}"
                   for t in results["targets"]]
+    if results.get("skipped"):
+        parts.append("\nskipped systems (not errors; a ratio against a skipped peer is left blank):")
+        parts += [f"  {system}: {reason}" for system, reason in results["skipped"].items()]
     if results.get("errors"):
         parts.append("\nfailed systems:")
         parts += [f"  {system}: {message}" for system, message in results["errors"].items()]

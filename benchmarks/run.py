@@ -8,13 +8,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from outpaint.engine.cpu_features import CpuFeatures, cpu_features, fast_backend
+
 from . import report
-from .config import BenchConfig
+from .config import NEEDS_NATIVE_BF16, BenchConfig
 from .machine import describe_machine, library_versions, load_average
 
 DEFAULT_MODEL_ROOT = Path.home() / ".cache" / "outpaint"
@@ -31,9 +33,9 @@ def ensure_model(model_dir: Path, size: str) -> None:
     The peers rebuild the same weights with build_random_components(size, seed=0), so a folder with
     other weights would compare different functions: that is an error, not something to overwrite.
     """
-    from outpaint.engine.backends.registry import GRAPHS
-    from outpaint.engine.errors import ModelError
-    from outpaint.engine.manifest import Manifest
+    from outpaint.core.errors import ModelError
+    from outpaint.core.graphs import GRAPHS
+    from outpaint.core.manifest import Manifest
     from outpaint.export.run import export_model
 
     if (model_dir / "manifest.json").is_file():
@@ -60,6 +62,26 @@ def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 15.0) -> 
     return load
 
 
+def skipped_systems(systems: tuple[str, ...], features: CpuFeatures) -> dict[str, str]:
+    """System -> why it does not run on this CPU (recorded in results.json, not an error)."""
+    if features.native_bf16:
+        return {}
+    reason = f"needs native bf16, which this CPU lacks ({features.bf16_source()})"
+    return {system: reason for system in systems if system in NEEDS_NATIVE_BF16}
+
+
+def choose_fast_backend(config: BenchConfig, features: CpuFeatures) -> tuple[BenchConfig, dict[str, str]]:
+    """outpaint-fast's backend: `--fast-backend` if given, else what `--fast` picks on this CPU."""
+    if config.fast.backend is not None:
+        backend = config.fast.backend
+        fast = {"backend": backend, "precision": "bf16" if backend.endswith("bf16") else "fp32",
+                "reason": "given with --fast-backend"}
+        return config, fast
+    choice = fast_backend(features)
+    fast = {"backend": choice.backend, "precision": choice.precision, "reason": choice.reason}
+    return replace(config, fast=replace(config.fast, backend=choice.backend)), fast
+
+
 def _run_worker(system: str, config_path: Path, out: Path) -> tuple[dict[str, Any] | None, str | None]:
     command = [sys.executable, "-m", "outpaint.benchmarks.worker", system, str(config_path), str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -78,6 +100,9 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
     model_dir = Path(config.model_dir)
     ensure_model(model_dir, config.size)
     started = time.time()
+    features = cpu_features()
+    config, fast_path = choose_fast_backend(config, features)
+    skipped = skipped_systems(config.systems, features)
     machine = describe_machine()
     machine["load_average_start"] = load_average()
     rows: list[dict[str, Any]] = []
@@ -96,6 +121,8 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
             "machine": {**machine, "load_average_end": load_average()},
             "versions": library_versions(),
             "config": asdict(config),
+            "fast_path": fast_path,
+            "skipped": skipped,
             "rows": rows,
             "ratios": report.ratios(rows),
             "quality": quality,
@@ -115,7 +142,13 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
         workdir = Path(tmp)
         config_path = workdir / "config.json"
         config_path.write_text(config.to_json())
+        if "outpaint-fast" in config.systems:
+            print(f"outpaint-fast on {fast_path['backend']} ({fast_path['precision']}): {fast_path['reason']}",
+                  flush=True)
         for system in config.systems:
+            if system in skipped:
+                print(f"[{time.time() - started:6.0f} s] {system} skipped: {skipped[system]}", flush=True)
+                continue
             print(f"[{time.time() - started:6.0f} s] {system} (load average {load_average()[0]})", flush=True)
             result, error = _run_worker(system, config_path, workdir / f"{system}.json")
             if error:

@@ -26,8 +26,9 @@ from .workload import (
 
 def _pipeline(config: BenchConfig):
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
-    from outpaint.export.random_models import build_random_components
     from transformers import CLIPTokenizer
+
+    from outpaint.export.random_models import build_random_components
 
     components = build_random_components(config.size, seed=0)
     pipe = StableDiffusionInpaintPipeline(
@@ -69,8 +70,9 @@ class _StepClock:
 
 def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     import torch
-    from outpaint.engine import canvas as cv
     from PIL import Image
+
+    from outpaint.engine import canvas as cv
 
     started = time.perf_counter()
     pipe = _pipeline(config)

@@ -2,6 +2,10 @@
 
 This is what a user of OpenVINO would write (read_model, reshape, compile_model with the precision
 hint, infer); it is the yardstick of our openvino backends, which must add no overhead to it.
+
+OpenVINO takes the bf16 hint without complaint where bf16 is not native: it emulates bf16 on AVX-512
+without BF16 and ignores the hint on AVX2 (fp32). So `openvino-bf16` refuses such a CPU (the runner
+skips it there, benchmarks/run.py) and checks that the compiled model really computes in bf16.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from outpaint.core.errors import BackendUnavailable
+from outpaint.engine.cpu_features import cpu_features
 
 from .config import BenchConfig
 from .recorder import Recorder
@@ -23,15 +30,32 @@ def _compiled(core, path: Path, shapes: dict[str, tuple[int, ...]], precision: s
     model = core.read_model(str(path))
     model.reshape({name: list(shape) for name, shape in shapes.items()})
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-    return core.compile_model(model, "CPU", config).create_infer_request()
+    compiled = core.compile_model(model, "CPU", config)
+    if precision == "bf16" and "bf16" not in _runtime_precisions(compiled):
+        raise BackendUnavailable(f"{path}: OpenVINO compiled no bf16 kernel for the bf16 hint; not measured")
+    return compiled.create_infer_request()
+
+
+def _runtime_precisions(compiled) -> set[str]:
+    """The precisions the compiled model's kernels run in (the hint only says what was asked)."""
+    found = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info:
+            found.add(info["runtimePrecision"].astype(str))
+    return found
 
 
 def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     import openvino as ov
-    from outpaint.engine.manifest import Manifest
 
-    core = ov.Core()
+    from outpaint.core.manifest import Manifest
+
     precision = PRECISION_HINT[system]
+    features = cpu_features()
+    if precision == "bf16" and not features.native_bf16:
+        raise BackendUnavailable(f"{system} needs native bf16, which this CPU lacks ({features.bf16_source()})")
+    core = ov.Core()
     folder = Path(config.model_dir)
     manifest = Manifest.load(folder)
     hidden = manifest.text_hidden_size

@@ -42,6 +42,7 @@ class TimedRunner:
 
 
 def _load(system: str, config: BenchConfig):
+    from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
@@ -50,7 +51,8 @@ def _load(system: str, config: BenchConfig):
         options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
                                   unguided_tail_steps=fast.unguided_tail_steps,
                                   feature_cache_interval=fast.feature_cache_interval)
-        return FastOutpaintPipeline.load(config.model_dir, fast.backend, options)
+        # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
+        return FastOutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options)
     return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system])
 
 

@@ -12,12 +12,12 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-from .errors import InvalidImage, InvalidRequest
+from outpaint.core.errors import InvalidImage, InvalidRequest
+from outpaint.core.geometry import LATENT_FACTOR
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 INFILL_MODES = ("pushpull", "gray", "noise")
-LATENT_FACTOR = 8
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from outpaint.core.errors import OutpaintError
 from outpaint.kernels.ddim_step import (
     EXTRA_CHANNELS,
     INIT_LATENTS,
@@ -31,7 +33,6 @@ from outpaint.kernels.ddim_step import (
     plan_scalars,
 )
 
-from .errors import OutpaintError
 from .loop import StepEvent
 from .schedulers import Plan, Sampler
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from outpaint.core.errors import InvalidRequest, ModelError
+
 from . import canvas as cv
 from .backends.registry import FEATURE_CACHE_GRAPHS, GRAPHS
-from .errors import InvalidRequest, ModelError
 from .loop import UNetFn, guide
 from .pipeline import Conditioning, OutpaintPipeline
 from .regions import UNET_MULTIPLE, Box, regenerate_box

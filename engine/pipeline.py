@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from outpaint.core.errors import Cancelled, InvalidRequest, ModelError
+from outpaint.core.manifest import Manifest
+
 from . import canvas as cv
 from .backends.registry import GRAPHS, load_graphs
 from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
 from .device_loop import supports as device_loop_supports
-from .errors import Cancelled, InvalidRequest, ModelError
 from .loop import StepEvent, denoise_loop, guided_denoiser
-from .manifest import Manifest
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SAMPLERS, Denoiser, NoiseScheduleConfig, Plan, get_sampler
 from .tokenizer import ClipTokenizer

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .canvas import LATENT_FACTOR
-
-UNET_MULTIPLE = 8  # latent cells: three UNet downsamplings need sizes divisible by 2**3
+from outpaint.core.geometry import LATENT_FACTOR
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidRequest
+from outpaint.core.errors import InvalidRequest
 
 SEED_MAX = 2**32 - 1
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
-
-MAX_TOKENS = 77
+from outpaint.core.errors import ModelError
+from outpaint.core.geometry import TEXT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,8 @@ class ClipTokenizer:
 
     def __call__(self, text: str) -> Tokens:
         ids = self._tokenizer.encode(text).ids  # BOS ... EOS, by the tokenizer's post-processor
-        truncated = len(ids) > MAX_TOKENS
+        truncated = len(ids) > TEXT_TOKENS
         if truncated:
-            ids = [*ids[: MAX_TOKENS - 1], self.eos_id]
-        ids = ids + [self.pad_id] * (MAX_TOKENS - len(ids))
+            ids = [*ids[: TEXT_TOKENS - 1], self.eos_id]
+        ids = ids + [self.pad_id] * (TEXT_TOKENS - len(ids))
         return Tokens(ids=np.asarray(ids, dtype=np.int64), truncated=truncated)

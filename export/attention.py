@@ -33,7 +33,13 @@ class _MultiHeadAttention(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, query, key, value, num_heads: int):
-        return g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads)
+        out = g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads)
+        # The output has the query's dtype and shape (B, S, C). Saying so is what torch's ONNX shape
+        # inference asks for: without it, it cannot infer a com.microsoft op and prints a C++ warning
+        # ("shape inference of com.microsoft::MultiHeadAttention type is missing") per attention layer,
+        # dozens per export, which Python's warnings filters cannot reach.
+        out.setType(query.type())
+        return out
 
 
 class FusedAttentionProcessor:

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from outpaint.engine.errors import ModelError
+from outpaint.core.errors import ModelError
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408

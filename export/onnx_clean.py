@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from outpaint.engine.errors import BackendUnavailable, ModelError
+from outpaint.core.errors import BackendUnavailable, ModelError
 
 # Past this the protobuf limit (2 GiB) is near: weights go to one external file beside the graph.
 EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024

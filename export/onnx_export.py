@@ -24,12 +24,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from outpaint.engine.errors import ModelError
-from outpaint.engine.manifest import FORMAT_VERSION, GraphRecord, Manifest
 
-from .attention import fused_attention
-from .components import Components
-from .specs import (
+from outpaint.core.errors import ModelError
+from outpaint.core.graphs import (
     ATTENTION_GRAPHS,
     GraphSpec,
     canvas_dims,
@@ -37,6 +34,10 @@ from .specs import (
     fused_attention_specs,
     graph_specs,
 )
+from outpaint.core.manifest import FORMAT_VERSION, GraphRecord, Manifest
+
+from .attention import fused_attention
+from .components import Components
 
 OPSET = 17
 # protobuf cannot serialise a message past 2 GiB; stay well below it.

@@ -5,10 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from outpaint.engine.backends.registry import FEATURE_CACHE_GRAPHS, GRAPHS
 from tqdm import tqdm
 
-from .specs import ATTENTION_GRAPHS
+from outpaint.core.graphs import ATTENTION_GRAPHS, FEATURE_CACHE_GRAPHS, GRAPHS
 
 
 def export_model(

@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from outpaint.engine.errors import ModelError
+from outpaint.core.errors import ModelError
 
 from .components import Components
 

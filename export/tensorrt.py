@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from outpaint.engine.backends.trt_key import (
+from tqdm import tqdm
+
+from outpaint.core.errors import BackendUnavailable, ModelError
+from outpaint.core.graphs import GraphSpec, graph_specs
+from outpaint.core.manifest import Manifest
+from outpaint.core.trt_key import (
     ENGINES_DIR,
     PRECISIONS,
     BuildKey,
@@ -32,14 +37,10 @@ from outpaint.engine.backends.trt_key import (
     save_record,
     timing_cache_path,
 )
-from outpaint.engine.errors import BackendUnavailable, ModelError
-from outpaint.engine.manifest import Manifest
+from outpaint.core.trt_profiles import CanvasRange, ShapeProfile, profile_for
 from outpaint.kernels.ddim_step import StepKernel, build_step_graph
-from tqdm import tqdm
 
 from .onnx_clean import clean_onnx, save_model
-from .specs import GraphSpec, graph_specs
-from .trt_profiles import CanvasRange, ShapeProfile, profile_for
 
 log = logging.getLogger("outpaint")
 CLEAN_DIR = "onnx-clean"

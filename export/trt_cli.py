@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from outpaint.engine.backends.trt_key import PRECISIONS
-
-from .trt_profiles import AxisRange, CanvasRange
+from outpaint.core.trt_key import PRECISIONS
+from outpaint.core.trt_profiles import AxisRange, CanvasRange
 
 
 def _canvas_range(text: str) -> AxisRange:
@@ -57,7 +56,7 @@ def add_build_engines(sub) -> None:
 
 
 def _cmd_build_engines(args) -> int:
-    from outpaint.engine.manifest import Manifest
+    from outpaint.core.manifest import Manifest
 
     from .tensorrt import BuildOptions, build_engines, build_items, prepare_onnx
 

@@ -88,7 +88,7 @@ class StepKernel:
 
     def spec(self):
         """The kernel as an export/specs.py GraphSpec (latent axes H/8, W/8), for TensorRT profiles."""
-        from outpaint.export.specs import GraphSpec, TensorSpec
+        from outpaint.core.graphs import GraphSpec, TensorSpec
 
         return GraphSpec(
             name=self.name,

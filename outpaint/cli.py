@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 
 from outpaint.benchmarks.cli import add_bench as _add_bench
+from outpaint.core.errors import OutpaintError
 from outpaint.engine.backends.registry import BACKENDS
-from outpaint.engine.errors import OutpaintError
 from outpaint.export.trt_cli import add_build_engines
+from outpaint.info import add_info
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 
 FAST_HELP = ("CPU fast path: UNet window around the new area, deep UNet features reused across steps; "
-             "approximate inside the new area (docs/benchmarks.md). Fastest with --backend openvino-bf16")
+             "approximate inside the new area (docs/benchmarks.md). Without --backend it runs the fastest "
+             "precision this CPU runs natively (bf16 on openvino-bf16 where the CPU has AVX-512 BF16 or AMX, "
+             "else fp32; `outpaint info` shows the choice) and prints which")
+BACKEND_HELP = ("graph runtime (default ort-cpu; with --fast the fastest this CPU runs natively, see "
+                "`outpaint info`; GPU ones: docs/gpu.md)")
 
 
 def _add_export(sub) -> None:
@@ -44,11 +49,14 @@ def _cmd_export(args) -> int:
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per API field (api.md); defaults and ranges come from engine/request.py."""
+    from outpaint.engine.canvas import INFILL_MODES
     from outpaint.engine.request import FIELDS
+    from outpaint.engine.schedulers import SAMPLERS
 
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--scheduler", default="DDIM")
+    p.add_argument("--prompt", required=True, help="what to render in the new area")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
+    p.add_argument("--scheduler", default="DDIM", choices=tuple(SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(SAMPLERS)} (default DDIM; docs/schedulers.md)")
     flags = {
         "num_inference_steps": "--steps", "img_width": "--width", "img_height": "--height", "scale": "--scale",
         "strength": "--strength", "offset_x": "--offset-x", "offset_y": "--offset-y",
@@ -58,16 +66,17 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
         spec = FIELDS[field]
         p.add_argument(flag, dest=field, type=spec.kind, default=spec.default,
                        help=f"{field}: {spec.describe()} (default {spec.default})")
-    p.add_argument("--infill", default="pushpull", help="infill of the new area: pushpull, gray or noise")
+    p.add_argument("--infill", default=INFILL_MODES[0], choices=INFILL_MODES,
+                   help=f"infill of the new area before encoding: {', '.join(INFILL_MODES)} "
+                        f"(default {INFILL_MODES[0]})")
 
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="outpaint one image")
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
-    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True, help="source image (PNG, JPEG or WebP)")
     p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
-    p.add_argument("--backend", default="ort-cpu", choices=tuple(BACKENDS),
-                   help="graph runtime (default ort-cpu; GPU ones: docs/gpu.md)")
+    p.add_argument("--backend", default=None, choices=tuple(BACKENDS), help=BACKEND_HELP)
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
     add_request_arguments(p)
     p.set_defaults(func=_cmd_run)
@@ -83,12 +92,16 @@ def _request_from_args(args, schedulers):
 
 
 def _cmd_run(args) -> int:
+    from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.fast_pipeline import load_pipeline
     from outpaint.run_request import run_with_progress, save_image
 
     if not args.image.is_file():
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
-    pipeline = load_pipeline(args.model, args.backend, fast=args.fast)
+    backend, reason = resolve_backend(args.backend, args.fast)
+    if reason:
+        print(f"--fast: {reason}", file=sys.stderr)
+    pipeline = load_pipeline(args.model, backend, fast=args.fast)
     request = _request_from_args(args, pipeline.scheduler_names)
     result = run_with_progress(pipeline, args.image.read_bytes(), request)
     for warning in result.warnings:
@@ -120,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info):
         add(sub)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from outpaint.engine.manifest import MANIFEST
+from outpaint.core.manifest import MANIFEST
 from outpaint.engine.request import OutpaintRequest
 
 

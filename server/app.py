@@ -21,13 +21,14 @@ from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
-from outpaint.engine.canvas import SourceImage, decode_image
-from outpaint.engine.errors import Cancelled, InvalidImage, InvalidRequest
-from outpaint.engine.pipeline import OutpaintResult
-from outpaint.engine.request import OutpaintRequest
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
+
+from outpaint.core.errors import Cancelled, InvalidImage, InvalidRequest
+from outpaint.engine.canvas import SourceImage, decode_image
+from outpaint.engine.pipeline import OutpaintResult
+from outpaint.engine.request import OutpaintRequest
 
 from .body import Disconnected, check_content_type, image_bytes, parse_object, read_body
 from .config import ServerConfig

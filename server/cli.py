@@ -22,9 +22,11 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
-                   help=f"graph runtime (default {defaults.backend})")
+                   help="graph runtime (default ort-cpu; with --fast the fastest this CPU runs natively, "
+                        "see `outpaint info`)")
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
-                   "area, several times faster (docs/benchmarks.md); best with --backend openvino-bf16")
+                   "area, several times faster (docs/benchmarks.md); without --backend it runs bf16 where "
+                   "this CPU has it natively, else fp32, and logs which")
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,

@@ -16,7 +16,8 @@ class ServerConfig:
     db: Path | None = None  # SQLite credits store; required unless no_auth
     host: str = "127.0.0.1"
     port: int = 8000
-    backend: str = "ort-cpu"
+    # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).
+    backend: str | None = None
     fast: bool = False  # FastOutpaintPipeline instead of OutpaintPipeline (engine/fast_pipeline.py)
     no_auth: bool = False
     price: int = 1  # credits per delivered image

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from outpaint.core.errors import Cancelled
 from outpaint.engine.canvas import SourceImage
-from outpaint.engine.errors import Cancelled
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintResult
 from outpaint.engine.request import OutpaintRequest

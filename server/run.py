@@ -8,6 +8,7 @@ closes the listeners and exits 0. A second signal exits at once; reservations le
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -52,6 +53,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(config: ServerConfig, *, log_level: str = "info") -> int:
+    from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.fast_pipeline import load_pipeline
 
     from .app import create_app
@@ -60,9 +62,13 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> int:
     problems = config.problems()
     if problems:
         raise SystemExit("outpaint serve: " + "; ".join(problems))
+    backend, reason = resolve_backend(config.backend, config.fast)
+    if reason:
+        log.info("--fast: %s", reason)
+    config = dataclasses.replace(config, backend=backend)
     started = time.perf_counter()
-    pipeline = load_pipeline(config.model, config.backend, fast=config.fast)
-    log.info("loaded %s (%s%s) in %.1f s", config.model, config.backend, ", fast path" if config.fast else "",
+    pipeline = load_pipeline(config.model, backend, fast=config.fast)
+    log.info("loaded %s (%s%s) in %.1f s", config.model, backend, ", fast path" if config.fast else "",
              time.perf_counter() - started)
     store = None
     if config.no_auth:

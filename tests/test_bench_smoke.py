@@ -2,7 +2,9 @@
 
 Nothing here asserts a speed: the tiny model's timings mean nothing. What is checked is the shape of
 the results, that every system measured every stage it claims, and that all systems computed the
-same functions (same weights: fp32 outputs agree with diffusers to float rounding).
+same functions (same weights: fp32 outputs agree with diffusers to float rounding). The bf16 systems
+run only where this CPU has native bf16 (engine/cpu_features.py); elsewhere they must be recorded as
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import json
 import re
 
 import pytest
-from outpaint.benchmarks.config import OURS, PEERS, BenchConfig
-from outpaint.benchmarks.report import ratios
+
+from outpaint.benchmarks.config import NEEDS_NATIVE_BF16, OURS, PEERS, BenchConfig
+from outpaint.benchmarks.report import ratios, summary, targets
 from outpaint.benchmarks.timing import ROW_KEYS
+from outpaint.engine.cpu_features import cpu_features, fast_backend
 
 pytest.importorskip("openvino")
 pytest.importorskip("diffusers")
 
 CANVAS = re.compile(r"^\d+x\d+$")
+# The systems this CPU runs: all of them where bf16 is native, else all but the bf16 ones.
+RUNNABLE = {s for s in (*PEERS, *OURS) if cpu_features().native_bf16 or s not in NEEDS_NATIVE_BF16}
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +54,41 @@ def test_rows_follow_the_schema(results):
 def test_every_system_measured_its_stages(results):
     assert results["errors"] == {}
     stages = {(r["system"], r["stage"]) for r in results["rows"]}
-    for system in (*PEERS, *OURS):
-        if system != "outpaint-fast":
-            assert {(system, "unet_step"), (system, "vae_decode")} <= stages, system
-    for system in ("diffusers-torch-fp32", "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast"):
+    assert {r["system"] for r in results["rows"]} == RUNNABLE
+    for system in RUNNABLE - {"outpaint-fast"}:
+        assert {(system, "unet_step"), (system, "vae_decode")} <= stages, system
+    for system in {"diffusers-torch-fp32", "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast"} & RUNNABLE:
         assert {(system, "outpaint_2_steps"), (system, "sampler_overhead_step")} <= stages, system
     assert {("outpaint-fast", "unet_step_window"), ("outpaint-fast", "vae_decode_region")} <= stages
+
+
+def test_bf16_systems_are_skipped_with_the_reason_only_without_native_bf16(results):
+    if cpu_features().native_bf16:
+        assert results["skipped"] == {}
+        return
+    assert set(results["skipped"]) == set(NEEDS_NATIVE_BF16)
+    for system, reason in results["skipped"].items():
+        assert "native bf16" in reason and cpu_features().bf16_source() in reason, (system, reason)
+    # Skipped is not failed, and no bf16 row claims a measurement.
+    assert not set(results["errors"]) & set(NEEDS_NATIVE_BF16)
+    assert not {r["system"] for r in results["rows"]} & set(NEEDS_NATIVE_BF16)
+
+
+def test_the_fast_path_records_the_backend_and_precision_it_ran(results):
+    choice = fast_backend()
+    assert results["fast_path"] == {"backend": choice.backend, "precision": choice.precision, "reason": choice.reason}
+    assert results["config"]["fast"]["backend"] == choice.backend
+    assert f"outpaint-fast ran on {choice.backend} ({choice.precision})" in summary(results)
 
 
 def test_machine_and_load_are_recorded(results):
     machine = results["machine"]
     assert machine["cpu_model"] and machine["logical_cpus"] >= 1
     assert {"avx512_bf16", "amx_bf16"} <= set(machine["flags"])
+    capabilities = machine["capabilities"]
+    assert {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "vnni"} <= set(capabilities)
+    assert capabilities["native_bf16"] == cpu_features().native_bf16
+    assert capabilities["fast_backend"] == results["fast_path"]["backend"]
     for key in ("load_average_start", "load_average_end"):
         assert len(machine[key]) == 3
     assert results["command"].startswith(("outpaint", "python", "/"))
@@ -69,14 +98,14 @@ def test_machine_and_load_are_recorded(results):
 def test_all_systems_compute_the_same_unet(results):
     errors = {a["system"]: a["max_rel_error_vs_diffusers"] for a in results["agreement"]}
     assert set(errors) == {"openvino-fp32", "openvino-bf16", "outpaint-ort-cpu", "outpaint-openvino-fp32",
-                           "outpaint-openvino-bf16"}
+                           "outpaint-openvino-bf16"} & RUNNABLE
     for system, error in errors.items():
         assert error < (0.5 if "bf16" in system else 1e-4), (system, error)
 
 
 def test_quality_is_measured_against_our_fp32_image(results):
     quality = {q["system"]: q for q in results["quality"]}
-    assert set(quality) == {"diffusers-torch-fp32", "outpaint-openvino-bf16", "outpaint-fast"}
+    assert set(quality) == {"diffusers-torch-fp32", "outpaint-openvino-bf16", "outpaint-fast"} & RUNNABLE
     for q in quality.values():
         assert q["identical_outside_mask"], q
         assert q["psnr_db_regenerated"] > 10, q
@@ -95,6 +124,35 @@ def test_ratios_are_peer_time_over_own_time():
     assert by_system[("outpaint-fast", "unet_step_window")]["speedup_vs_openvino_bf16"] == 2.0
     assert by_system[("openvino-bf16", "unet_step")]["speedup_vs_diffusers"] == 3.0
     assert by_system[("outpaint-fast", "vae_encode")]["speedup_vs_diffusers"] is None
+
+
+def test_without_the_openvino_bf16_peer_its_ratios_and_targets_are_absent():
+    rows = [
+        {"system": "diffusers-torch-fp32", "stage": "unet_step", "canvas": "256x256", "median_s": 12.0,
+         "min_s": 12.0, "max_s": 12.0},
+        {"system": "outpaint-fast", "stage": "unet_step_window", "canvas": "256x256", "median_s": 2.0,
+         "min_s": 2.0, "max_s": 2.0},
+    ]
+    (diffusers, fast) = ratios(rows)
+    assert fast["speedup_vs_diffusers"] == 6.0 and fast["speedup_vs_openvino_bf16"] is None
+    found = targets(rows, [], BenchConfig(size="tiny", outpaint_canvas="256x256", unet_canvases=("256x256",)))
+    assert not any("OpenVINO bf16" in t["target"] for t in found)
+    text = summary({"rows": [{**r, "runs": 1, "peak_rss_gb": 1.0} for r in rows], "ratios": [diffusers, fast],
+                    "config": {"systems": ["outpaint-fast"]},
+                    "skipped": {"openvino-bf16": "needs native bf16, which this CPU lacks (...)"}})
+    assert "openvino-bf16: needs native bf16" in text
+
+
+def test_a_smoke_run_does_not_write_the_committed_results_by_default():
+    from outpaint.benchmarks.cli import results_path
+    from outpaint.cli import build_parser
+
+    def default_out(*argv: str):
+        return results_path(build_parser().parse_args(["bench", *argv]))
+
+    assert str(default_out("--size", "tiny")) == "out/bench-tiny/results.json"
+    assert str(default_out()) == "benchmarks/results.json"
+    assert str(default_out("--size", "tiny", "--out", "x.json")) == "x.json"
 
 
 @pytest.mark.parametrize("kwargs,message", [

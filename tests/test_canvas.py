@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from outpaint.engine import canvas as cv
-from outpaint.engine.errors import InvalidImage, InvalidRequest
 from PIL import Image
+
+from outpaint.core.errors import InvalidImage, InvalidRequest
+from outpaint.engine import canvas as cv
 
 
 def _source(w: int, h: int, seed: int = 0) -> cv.SourceImage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from .conftest import make_png
@@ -62,7 +63,9 @@ def test_demo_reuses_a_model_and_reports_stages(tiny_model_dir, tmp_path):
 
 def test_run_fast_changes_only_the_new_area(tiny_model_dir, tmp_path):
     import numpy as np
+
     from outpaint.engine import canvas as cv
+    from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.request import FIELDS
 
     image = tmp_path / "in.png"
@@ -75,8 +78,47 @@ def test_run_fast_changes_only_the_new_area(tiny_model_dir, tmp_path):
         done = _outpaint("run", *args, "--out", str(out), *extra)
         assert done.returncode == 0, done.stderr
         outputs.append(np.asarray(Image.open(out).convert("RGB")))
+    # Without --backend, --fast says which backend and precision it chose for this CPU, and why.
+    assert f"--fast: {fast_backend().reason}" in done.stderr
     placed = cv.make_canvas(cv.decode_image(image.read_bytes()), width=256, height=256,
                             mask_expand=FIELDS["mask_expand"].default)
     new_area = placed.mask > 0
     np.testing.assert_array_equal(outputs[1][~new_area], outputs[0][~new_area])
     assert np.any(outputs[1][new_area] != outputs[0][new_area]), "--fast did not change the generation"
+
+
+def test_info_shows_the_capabilities_and_what_fast_would_choose():
+    from outpaint.engine.cpu_features import cpu_features, fast_backend
+
+    done = _outpaint("info", timeout=60)
+    assert done.returncode == 0, done.stderr
+    for capability, present in cpu_features().capabilities().items():
+        label = "native bf16" if capability == "native_bf16" else capability
+        assert any(line.startswith(label) and f" {'yes' if present else 'no'}" in line
+                   for line in done.stdout.splitlines()), (capability, done.stdout)
+    assert "onnxruntime" in done.stdout and "CPUExecutionProvider" in done.stdout
+    assert fast_backend().reason in done.stdout
+
+
+def test_run_help_lists_the_schedulers_and_the_defaults():
+    from outpaint.engine.schedulers import API_SCHEDULER_NAMES
+
+    done = _outpaint("run", "--help", timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for name in API_SCHEDULER_NAMES:
+        assert name in text, name
+    assert "(default DDIM" in text and "(default pushpull)" in text and "(default 25)" in text
+
+
+def test_explicit_bf16_backend_without_native_bf16_fails_with_the_reason(tiny_model_dir, tmp_path):
+    from outpaint.engine.cpu_features import cpu_features
+
+    features = cpu_features()
+    if not features.openvino or features.native_bf16:
+        pytest.skip("needs openvino on a CPU without native bf16")
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(image), "--prompt", "x", "--fast",
+                     "--backend", "openvino-bf16", "--out", str(tmp_path / "o.jpg"))
+    assert done.returncode == 2 and "this CPU has no native bf16 (OpenVINO reports" in done.stderr

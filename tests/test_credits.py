@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from outpaint.server.credits import CreditError, CreditStore, KeyRevoked, hash_key, this_process
 
 

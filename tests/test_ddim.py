@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from outpaint.engine.loop import blend, denoise_loop
 from outpaint.engine.schedulers import SAMPLERS, NoiseScheduleConfig
 from outpaint.engine.schedulers.ddim import DDIM, ddim_step

@@ -7,8 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-from outpaint.engine.errors import ModelError
-from outpaint.engine.manifest import Manifest
+
+from outpaint.core.errors import ModelError
+from outpaint.core.manifest import Manifest
 
 pytest.importorskip("torch")
 
@@ -35,9 +36,9 @@ def test_graphs_have_dynamic_batch_and_canvas_axes(tiny_model_dir):
 
 
 def test_each_graph_matches_pytorch_at_a_new_shape(tiny_components, tiny_model_dir):
+    from outpaint.core.graphs import canvas_dims, graph_specs
     from outpaint.export.graphs import graph_modules
     from outpaint.export.onnx_export import check_parity
-    from outpaint.export.specs import canvas_dims, graph_specs
 
     modules = graph_modules(tiny_components)
     for spec in graph_specs(4, 32):
@@ -48,10 +49,10 @@ def test_each_graph_matches_pytorch_at_a_new_shape(tiny_components, tiny_model_d
 
 
 def test_parity_check_fails_loudly_on_a_wrong_graph(tiny_model_dir, tmp_path):
+    from outpaint.core.graphs import canvas_dims, text_encoder_spec
     from outpaint.export.graphs import graph_modules
     from outpaint.export.onnx_export import ParityError, check_parity
     from outpaint.export.random_models import build_random_components
-    from outpaint.export.specs import canvas_dims, text_encoder_spec
 
     other = build_random_components("tiny", seed=1, workdir=tmp_path)  # other weights, same architecture
     with pytest.raises(ParityError, match="over the tolerance"):
@@ -93,6 +94,7 @@ def _diffusers_folder(components, folder):
 
 def test_export_from_a_diffusers_folder_gives_the_same_graphs(tiny_components, tiny_model_dir, tmp_path):
     import onnxruntime as ort
+
     from outpaint.export.onnx_export import export_components
     from outpaint.export.sources import load_components
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from outpaint.core.errors import InvalidRequest
 from outpaint.engine.canvas import SourceImage
-from outpaint.engine.errors import InvalidRequest
 from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
 from outpaint.engine.request import OutpaintRequest
 
@@ -130,7 +131,7 @@ def test_feature_cache_needs_the_split_graphs_and_says_how_to_get_them(tiny_mode
     import json
     import shutil
 
-    from outpaint.engine.errors import ModelError
+    from outpaint.core.errors import ModelError
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)

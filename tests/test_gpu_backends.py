@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from outpaint.core.errors import BackendUnavailable, OutpaintError
+from outpaint.core.graphs import graph_specs
+from outpaint.core.manifest import Manifest
+from outpaint.core.trt_profiles import CanvasRange, profile_for
 from outpaint.engine.backends import cuda
 from outpaint.engine.backends.ort_trt import ORT_TRT_CACHE, ort_trt_providers, shapes_option, trt_provider_options
 from outpaint.engine.backends.registry import BACKENDS
-from outpaint.engine.errors import BackendUnavailable, OutpaintError
-from outpaint.engine.manifest import Manifest
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
-from outpaint.export.specs import graph_specs
-from outpaint.export.trt_profiles import CanvasRange, profile_for
 
 from .conftest import make_png
 

@@ -6,6 +6,7 @@ import json
 
 import onnxruntime as ort
 import pytest
+
 from outpaint.benchmarks.gpu import format_table, main
 from outpaint.benchmarks.timing import row_from_samples
 

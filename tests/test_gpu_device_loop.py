@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from outpaint.core.errors import OutpaintError
 from outpaint.engine.device_loop import DeviceStepEvent
-from outpaint.engine.errors import OutpaintError
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 from outpaint.engine.request import OutpaintRequest

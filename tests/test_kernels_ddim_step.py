@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from outpaint.engine.schedulers import NoiseScheduleConfig, get_sampler
 from outpaint.kernels.ddim_step import (
     ALPHA_NEXT,
@@ -18,7 +19,8 @@ from outpaint.kernels.ddim_step import (
     build_step_graph,
     plan_scalars,
 )
-from outpaint.kernels.reference import reference_step
+
+from .kernel_reference import reference_step
 
 VARIANTS = [
     StepKernel(guided=True, blend=True),

@@ -6,9 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from outpaint.engine.manifest import Manifest
+
+from outpaint.core.graphs import canvas_dims, graph_specs
+from outpaint.core.manifest import Manifest
 from outpaint.export.onnx_clean import clean_onnx
-from outpaint.export.specs import canvas_dims, graph_specs
 
 pytest.importorskip("polygraphy")
 pytest.importorskip("onnx_graphsurgeon")

@@ -12,9 +12,10 @@ import copy
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from outpaint.engine import canvas as cv
 from outpaint.engine.request import OutpaintRequest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -6,7 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from outpaint.engine.errors import InvalidRequest, ModelError
+
+from outpaint.core.errors import InvalidRequest, ModelError
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 from outpaint.engine.request import OutpaintRequest

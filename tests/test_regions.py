@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from outpaint.engine import canvas as cv
 from outpaint.engine.regions import Box, active_box, grow, regenerate_box
 

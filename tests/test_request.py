@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from outpaint.engine.errors import InvalidRequest
+
+from outpaint.core.errors import InvalidRequest
 from outpaint.engine.request import OutpaintRequest
 
 NAMES = ("DDIM",)

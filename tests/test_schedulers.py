@@ -18,7 +18,8 @@ import itertools
 
 import numpy as np
 import pytest
-from outpaint.engine.errors import InvalidRequest
+
+from outpaint.core.errors import InvalidRequest
 from outpaint.engine.loop import denoise_loop
 from outpaint.engine.request import OutpaintRequest
 from outpaint.engine.schedulers import API_SCHEDULER_NAMES, SAMPLERS, NoiseScheduleConfig, get_sampler

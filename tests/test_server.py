@@ -548,6 +548,8 @@ def test_serve_refuses_a_bad_configuration(tiny_model_dir, tmp_path):
 
 
 def test_fast_flag_serves_the_fast_path(tiny_model_dir, tmp_path):
+    from outpaint.engine.cpu_features import fast_backend
+
     log = tmp_path / "fast.log"
     server = start_server(tiny_model_dir, log_path=log, args=["--no-auth", "--fast"])
     try:
@@ -556,4 +558,7 @@ def test_fast_flag_serves_the_fast_path(tiny_model_dir, tmp_path):
         assert_json_error(post(server, cheap_body(img_width=100)), 400)
     finally:
         assert server.stop() == 0
-    assert "(ort-cpu, fast path)" in log.read_text()
+    # Without --backend, --fast runs the fastest precision this CPU has natively and logs why.
+    choice = fast_backend()
+    text = log.read_text()
+    assert f"({choice.backend}, fast path)" in text and f"--fast: {choice.reason}" in text

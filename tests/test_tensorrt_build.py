@@ -11,8 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from outpaint.engine.errors import BackendUnavailable, ModelError
-from outpaint.engine.manifest import Manifest
+
+from outpaint.core.errors import BackendUnavailable, ModelError
+from outpaint.core.manifest import Manifest
 from outpaint.export.tensorrt import (
     BuildOptions,
     BuildProgress,

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from outpaint.engine.backends.registry import BACKENDS
 
 from outpaint.cli import build_parser, main
+from outpaint.engine.backends.registry import BACKENDS
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from outpaint.engine.backends.trt_key import (
+
+from outpaint.core.errors import BackendUnavailable, ModelError
+from outpaint.core.trt_key import (
     BuildKey,
     BuildRecord,
     DeviceIdentity,
@@ -16,8 +18,7 @@ from outpaint.engine.backends.trt_key import (
     selected_record,
     timing_cache_path,
 )
-from outpaint.engine.errors import BackendUnavailable, ModelError
-from outpaint.export.trt_profiles import CanvasRange
+from outpaint.core.trt_profiles import CanvasRange
 
 RTX_4090 = DeviceIdentity("NVIDIA GeForce RTX 4090", (8, 9), "10.16.1.11")
 L4 = DeviceIdentity("NVIDIA L4", (8, 9), "10.16.1.11")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from outpaint.export.specs import graph_specs
-from outpaint.export.trt_profiles import AxisRange, CanvasRange, ShapeProfile, profile_for
+
+from outpaint.core.graphs import graph_specs
+from outpaint.core.trt_profiles import AxisRange, CanvasRange, ShapeProfile, profile_for
 from outpaint.kernels.ddim_step import StepKernel
 
 SPECS = {s.name: s for s in graph_specs(unet_in_channels=4, text_hidden=768)}

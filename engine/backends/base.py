@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import OutpaintError
+from outpaint.core.errors import OutpaintError
 
 
 class GraphRunner(Protocol):

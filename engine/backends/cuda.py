@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, OutpaintError
+from outpaint.core.errors import BackendUnavailable, OutpaintError
 
 # cudaError_t names that mean "this machine cannot run CUDA at all", and what to tell the user.
 _UNAVAILABLE = {

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ModelError, OutpaintError
+from outpaint.core.errors import BackendUnavailable, ModelError, OutpaintError
+
 from .base import check_feeds
 
 PRECISIONS = ("bf16", "fp32")
@@ -71,17 +72,21 @@ def _core():
     return ov.Core()
 
 
-def check_precision_supported(core, precision: str) -> None:
-    """Raise BackendUnavailable when this CPU cannot run `precision` natively (emulated bf16 is slower)."""
+def check_precision_supported(precision: str) -> None:
+    """Raise BackendUnavailable when this CPU cannot run `precision` natively (emulated bf16 is slower).
+
+    Whether bf16 is native comes from engine/cpu_features.py, the one place `--fast`, the benchmark
+    and the tests ask too (OpenVINO's OPTIMIZATION_CAPABILITIES, queried once per process)."""
+    from outpaint.engine.cpu_features import cpu_features
+
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"OpenVINO precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if "BF16" not in capabilities:
-            raise BackendUnavailable(
-                f"this CPU has no native bf16 (OpenVINO reports {', '.join(capabilities)}); "
-                "use --backend openvino-fp32 or ort-cpu"
-            )
+    features = cpu_features()
+    if precision == "bf16" and not features.native_bf16:
+        raise BackendUnavailable(
+            f"this CPU has no native bf16 ({features.bf16_source()}); "
+            "use --backend openvino-fp32 or ort-cpu, or --fast without --backend to let it choose"
+        )
 
 
 class _Compiled:
@@ -125,7 +130,7 @@ class OvGraph:
         if not path.is_file():
             raise ModelError(f"{path} is missing; re-export the model")
         self.core = core if core is not None else _core()
-        check_precision_supported(self.core, options.precision)
+        check_precision_supported(options.precision)
         self.name = name
         self.options = options
         self.path = path
@@ -190,5 +195,5 @@ class OvGraph:
 def load_openvino_graphs(folder: Path, files: Mapping[str, str], options: OvOptions) -> dict[str, OvGraph]:
     """One OvGraph per graph name -> file (relative to `folder`), sharing one OpenVINO Core."""
     core = _core()
-    check_precision_supported(core, options.precision)
+    check_precision_supported(options.precision)
     return {name: OvGraph(name, folder / file, options, core=core) for name, file in files.items()}

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ModelError
+from outpaint.core.errors import BackendUnavailable, ModelError
+
 from .base import check_feeds
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
 from outpaint.kernels.ddim_step import EPS, LATENTS, LATENTS_NEXT, UNET_SAMPLE_NEXT, StepKernel, build_step_graph
 
 from ..device_loop import TIMESTEP, LoopTensors

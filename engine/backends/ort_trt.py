@@ -12,11 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from outpaint.export.specs import GraphSpec, graph_specs
-from outpaint.export.trt_profiles import CanvasRange, ShapeProfile, profile_for
-
-from ..manifest import Manifest
-from .trt_key import ENGINES_DIR
+from outpaint.core.graphs import GraphSpec, graph_specs
+from outpaint.core.manifest import Manifest
+from outpaint.core.trt_key import ENGINES_DIR
+from outpaint.core.trt_profiles import CanvasRange, ShapeProfile, profile_for
 
 ORT_TRT_CACHE = "ort-trt"
 

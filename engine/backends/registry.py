@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import InvalidRequest
-from ..manifest import Manifest
+from outpaint.core.errors import InvalidRequest
+from outpaint.core.graphs import GRAPHS
+from outpaint.core.manifest import Manifest
+
 from .base import GraphRunner
 
-GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-# The UNet split the fast path's feature caching runs (export/feature_cache.py); exported by default.
-FEATURE_CACHE_GRAPHS = ("unet_deep", "unet_shallow")
 GraphLoader = Callable[[Path, Manifest, Sequence[str]], dict[str, GraphRunner]]
 
 

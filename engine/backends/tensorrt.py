@@ -25,14 +25,15 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
+from outpaint.core.errors import BackendUnavailable, ModelError, OutpaintError
+from outpaint.core.manifest import Manifest
+from outpaint.core.trt_key import DeviceIdentity, check_compatible, engine_path, selected_record
 from outpaint.kernels.ddim_step import EPS, LATENTS, LATENTS_NEXT, UNET_SAMPLE_NEXT
 
 from ..device_loop import TIMESTEP, LoopTensors
-from ..errors import BackendUnavailable, ModelError, OutpaintError
-from ..manifest import Manifest
 from . import cuda
 from .base import check_feeds
-from .trt_key import DeviceIdentity, check_compatible, engine_path, selected_record
 
 log = logging.getLogger("outpaint")
 SUPPORTED_MAJOR = 10
@@ -45,7 +46,8 @@ def import_tensorrt() -> Any:
     except ImportError:
         raise BackendUnavailable(
             "the tensorrt backend needs the `tensorrt` Python package (TensorRT 10) and an NVIDIA GPU with its "
-            "driver: pip install 'outpaint[gpu]' on such a machine (or use --backend ort-cpu here)"
+            "driver: pip install 'outpaint[gpu]' on such a machine (without one, `outpaint run` and "
+            "`outpaint serve` run on the CPU: --backend ort-cpu, or --fast)"
         ) from None
     major = int(trt.__version__.split(".")[0])
     if major != SUPPORTED_MAJOR:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidRequest
+from outpaint.core.errors import InvalidRequest
+
 from .base import Denoiser, Plan, Sampler
 from .config import NoiseScheduleConfig
 from .ddim import DDIM

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InvalidRequest
+from outpaint.core.errors import InvalidRequest
+
 from .config import NoiseScheduleConfig
 
 # eps = denoise(model_input, timestep): the guided noise prediction for a model-ready input.

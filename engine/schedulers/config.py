@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from outpaint.core.errors import ModelError
 
 
 @dataclass(frozen=True)

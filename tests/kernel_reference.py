@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from outpaint.engine.loop import blend, guide
 from outpaint.engine.schedulers.base import Plan
 from outpaint.engine.schedulers.ddim import DDIM, ddim_step

@@ -17,9 +17,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from outpaint.export.trt_profiles import AxisRange, CanvasRange
-
-from ..errors import BackendUnavailable, ModelError
+from .errors import BackendUnavailable, ModelError
+from .trt_profiles import AxisRange, CanvasRange
 
 ENGINES_DIR = "engines"
 SELECTED = "selected.json"

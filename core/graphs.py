@@ -1,8 +1,9 @@
-"""One frozen spec per exported graph: tensor names, symbolic shapes, parity tolerance, sample inputs.
+"""The exported graphs: their names, their tensor names, and one frozen spec per graph (symbolic
+shapes, parity tolerance, sample inputs).
 
 Symbolic dimensions: `B` is the prompt batch, `2B` the guidance-doubled batch the UNet sees,
-`H`/`W` the canvas in pixels and `H/8`/`W/8` the latent grid. The same specs drive export, the
-runtime's input checks and (later) TensorRT's optimisation profiles.
+`H`/`W` the canvas in pixels and `H/8`/`W/8` the latent grid. The same specs drive the export, the
+runtime's feeds, the step kernel's TensorRT profiles and the optimum-folder reader.
 """
 
 from __future__ import annotations
@@ -11,10 +12,30 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from outpaint.engine.backends.registry import FEATURE_CACHE_GRAPHS
 
-TEXT_TOKENS = 77
-LATENT_CHANNELS = 4
+from .geometry import LATENT_CHANNELS, LATENT_FACTOR, TEXT_TOKENS
+
+# Graph names: the manifest's keys and the model folder's subfolders.
+TEXT_ENCODER = "text_encoder"
+UNET = "unet"
+VAE_ENCODER = "vae_encoder"
+VAE_DECODER = "vae_decoder"
+UNET_DEEP = "unet_deep"  # the whole UNet that also returns its deep feature (export/feature_cache.py)
+UNET_SHALLOW = "unet_shallow"  # the UNet's shallow path on a cached deep feature
+GRAPHS = (TEXT_ENCODER, UNET, VAE_ENCODER, VAE_DECODER)  # what every pipeline runs
+FEATURE_CACHE_GRAPHS = (UNET_DEEP, UNET_SHALLOW)  # the UNet split feature caching runs; exported by default
+
+# Tensor names of those graphs.
+INPUT_IDS = "input_ids"  # (B, 77) int64, text encoder in
+LAST_HIDDEN_STATE = "last_hidden_state"  # (B, 77, D) float32, text encoder out
+SAMPLE = "sample"  # (2B, C, H/8, W/8) float32, UNet in: latents (C = 4), + mask and masked latents (C = 9)
+TIMESTEP = "timestep"  # (1,) float32, UNet in
+ENCODER_HIDDEN_STATES = "encoder_hidden_states"  # (2B, 77, D) float32, UNet in
+OUT_SAMPLE = "out_sample"  # (2B, 4, H/8, W/8) float32, UNet out: the noise prediction
+DEEP_FEATURE = "deep_feature"  # (2B, F, H/8, W/8) float32, unet_deep out and unet_shallow in
+IMAGE = "image"  # (B, 3, H, W) float32 in [-1, 1], VAE encoder in and decoder out
+LATENT_MEAN = "latent_mean"  # (B, 4, H/8, W/8) float32, VAE encoder out (before the scaling factor)
+LATENT = "latent"  # (B, 4, H/8, W/8) float32, VAE decoder in (after dividing by the scaling factor)
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ class GraphSpec:
             shape = self.resolve(tensor, dims)
             if tensor.dtype == "int64":
                 feeds[tensor.name] = rng.integers(0, dims.get("vocab", 49408), size=shape, dtype=np.int64)
-            elif tensor.name == "timestep":
+            elif tensor.name == TIMESTEP:
                 feeds[tensor.name] = np.array([801.0], dtype=np.float32)
             else:
                 feeds[tensor.name] = rng.standard_normal(shape, dtype=np.float32)
@@ -71,40 +92,40 @@ class GraphSpec:
 
 def text_encoder_spec(hidden: int) -> GraphSpec:
     return GraphSpec(
-        name="text_encoder",
-        inputs=(TensorSpec("input_ids", "int64", ("B", TEXT_TOKENS)),),
-        outputs=(TensorSpec("last_hidden_state", "float32", ("B", TEXT_TOKENS, hidden)),),
+        name=TEXT_ENCODER,
+        inputs=(TensorSpec(INPUT_IDS, "int64", ("B", TEXT_TOKENS)),),
+        outputs=(TensorSpec(LAST_HIDDEN_STATE, "float32", ("B", TEXT_TOKENS, hidden)),),
         max_rel_error=1e-4,
     )
 
 
 def unet_spec(in_channels: int, hidden: int) -> GraphSpec:
     return GraphSpec(
-        name="unet",
+        name=UNET,
         inputs=(
-            TensorSpec("sample", "float32", ("2B", in_channels, "H/8", "W/8")),
-            TensorSpec("timestep", "float32", (1,)),
-            TensorSpec("encoder_hidden_states", "float32", ("2B", TEXT_TOKENS, hidden)),
+            TensorSpec(SAMPLE, "float32", ("2B", in_channels, "H/8", "W/8")),
+            TensorSpec(TIMESTEP, "float32", (1,)),
+            TensorSpec(ENCODER_HIDDEN_STATES, "float32", ("2B", TEXT_TOKENS, hidden)),
         ),
-        outputs=(TensorSpec("out_sample", "float32", ("2B", LATENT_CHANNELS, "H/8", "W/8")),),
+        outputs=(TensorSpec(OUT_SAMPLE, "float32", ("2B", LATENT_CHANNELS, "H/8", "W/8")),),
         max_rel_error=1e-4,
     )
 
 
 def vae_encoder_spec() -> GraphSpec:
     return GraphSpec(
-        name="vae_encoder",
-        inputs=(TensorSpec("image", "float32", ("B", 3, "H", "W")),),
-        outputs=(TensorSpec("latent_mean", "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
+        name=VAE_ENCODER,
+        inputs=(TensorSpec(IMAGE, "float32", ("B", 3, "H", "W")),),
+        outputs=(TensorSpec(LATENT_MEAN, "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
         max_rel_error=1e-4,
     )
 
 
 def vae_decoder_spec() -> GraphSpec:
     return GraphSpec(
-        name="vae_decoder",
-        inputs=(TensorSpec("latent", "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
-        outputs=(TensorSpec("image", "float32", ("B", 3, "H", "W")),),
+        name=VAE_DECODER,
+        inputs=(TensorSpec(LATENT, "float32", ("B", LATENT_CHANNELS, "H/8", "W/8")),),
+        outputs=(TensorSpec(IMAGE, "float32", ("B", 3, "H", "W")),),
         max_rel_error=1e-4,
     )
 
@@ -112,10 +133,10 @@ def vae_decoder_spec() -> GraphSpec:
 def feature_cache_specs(in_channels: int, hidden: int, feature_channels: int) -> tuple[GraphSpec, GraphSpec]:
     """The UNet split for caching deep features across steps (export/feature_cache.py)."""
     unet = unet_spec(in_channels, hidden)
-    feature = TensorSpec("deep_feature", "float32", ("2B", feature_channels, "H/8", "W/8"))
+    feature = TensorSpec(DEEP_FEATURE, "float32", ("2B", feature_channels, "H/8", "W/8"))
     return (
-        dataclasses.replace(unet, name="unet_deep", outputs=(*unet.outputs, feature)),
-        dataclasses.replace(unet, name="unet_shallow", inputs=(*unet.inputs, feature)),
+        dataclasses.replace(unet, name=UNET_DEEP, outputs=(*unet.outputs, feature)),
+        dataclasses.replace(unet, name=UNET_SHALLOW, inputs=(*unet.inputs, feature)),
     )
 
 
@@ -129,7 +150,7 @@ def graph_specs(unet_in_channels: int, text_hidden: int) -> tuple[GraphSpec, ...
 
 
 # Graphs with attention over the latent grid, which get a fused-attention ("mha") variant.
-ATTENTION_GRAPHS = ("unet", "vae_encoder", "vae_decoder", *FEATURE_CACHE_GRAPHS)
+ATTENTION_GRAPHS = (UNET, VAE_ENCODER, VAE_DECODER, *FEATURE_CACHE_GRAPHS)
 
 
 def fused_attention_specs(specs: tuple[GraphSpec, ...]) -> tuple[GraphSpec, ...]:
@@ -138,4 +159,5 @@ def fused_attention_specs(specs: tuple[GraphSpec, ...]) -> tuple[GraphSpec, ...]
 
 def canvas_dims(batch: int, height: int, width: int) -> dict[str, int]:
     """Concrete values of every symbolic axis for a canvas of height x width pixels."""
-    return {"B": batch, "2B": 2 * batch, "H": height, "W": width, "H/8": height // 8, "W/8": width // 8}
+    f = LATENT_FACTOR
+    return {"B": batch, "2B": 2 * batch, "H": height, "W": width, "H/8": height // f, "W/8": width // f}

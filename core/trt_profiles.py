@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .specs import GraphSpec
+from .geometry import CANVAS_MULTIPLE, LATENT_FACTOR
+from .graphs import GraphSpec
 
-CANVAS_MULTIPLE = 64  # the pipeline's canvas granularity (VAE factor 8 x three UNet downsamplings)
 Shape = tuple[int, ...]
 
 
@@ -78,7 +78,7 @@ class ShapeProfile:
 
 
 def axis_values(canvas: CanvasRange, batch: int, guided_only: bool = False) -> dict[str, AxisRange]:
-    """Every symbolic axis of export/specs.py as a range."""
+    """Every symbolic axis of core/graphs.py as a range."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     h, w = canvas.height, canvas.width
@@ -87,8 +87,8 @@ def axis_values(canvas: CanvasRange, batch: int, guided_only: bool = False) -> d
         "2B": AxisRange(2 * batch if guided_only else batch, 2 * batch, 2 * batch),
         "H": h,
         "W": w,
-        "H/8": AxisRange(h.min // 8, h.opt // 8, h.max // 8),
-        "W/8": AxisRange(w.min // 8, w.opt // 8, w.max // 8),
+        "H/8": AxisRange(h.min // LATENT_FACTOR, h.opt // LATENT_FACTOR, h.max // LATENT_FACTOR),
+        "W/8": AxisRange(w.min // LATENT_FACTOR, w.opt // LATENT_FACTOR, w.max // LATENT_FACTOR),
     }
 
 
