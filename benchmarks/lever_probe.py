@@ -37,14 +37,15 @@ def _setting(text: str) -> tuple[int | None, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
+    from outpaint.engine.cpu_features import fast_backend
+    from outpaint.engine.fast_path import FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
     parser = argparse.ArgumentParser(prog="python -m outpaint.benchmarks.lever_probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("settings", nargs="+", type=_setting, help="WINDOW_MARGIN:INTERVAL, e.g. 7:3 off:4")
     parser.add_argument("--model", type=Path, required=True, help="the exported full random model")
-    parser.add_argument("--backend", default="openvino-bf16")
+    parser.add_argument("--backend", default=None, help="default: what `outpaint run --fast` picks on this CPU")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/outpaint-lever-probe"))
     args = parser.parse_args(argv)
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     reference_image, mask = np.load(reference_file), np.load(mask_file)
     for window, interval, tail in args.settings:
         options = FastPathOptions(window_margin=window, feature_cache_interval=interval, unguided_tail_steps=tail)
-        pipe = FastOutpaintPipeline.load(args.model, args.backend, options)
+        pipe = OutpaintPipeline.load(args.model, args.backend or fast_backend().backend, options=options)
         pipe(source, request)  # compiles every shape the timed run uses
         started = time.perf_counter()
         result = pipe(source, request)

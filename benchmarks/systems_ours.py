@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from outpaint.core.graphs import ENCODER_HIDDEN_STATES, SAMPLE, UNET, UNET_DEEP, UNET_SHALLOW
+
 from .config import BenchConfig
 from .recorder import Recorder
 from .timing import NO_CANVAS
@@ -43,7 +45,7 @@ class TimedRunner:
 
 def _load(system: str, config: BenchConfig):
     from outpaint.engine.cpu_features import fast_backend
-    from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
+    from outpaint.engine.fast_path import FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
     if system == "outpaint-fast":
@@ -52,11 +54,11 @@ def _load(system: str, config: BenchConfig):
                                   unguided_tail_steps=fast.unguided_tail_steps,
                                   feature_cache_interval=fast.feature_cache_interval)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
-        return FastOutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options)
+        return OutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options=options)
     return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system])
 
 
-UNET_GRAPHS = ("unet", "unet_deep", "unet_shallow")  # whichever of them a request's UNet calls run
+UNET_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)  # whichever of them a request's UNet calls run
 
 
 def _whole_outpaint(pipe, config: BenchConfig, rec: Recorder) -> None:
@@ -83,7 +85,7 @@ def _whole_outpaint(pipe, config: BenchConfig, rec: Recorder) -> None:
 
 def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     from outpaint.engine import canvas as cv
-    from outpaint.engine.loop import guided_denoiser
+    from outpaint.engine.guidance import guided_denoiser
 
     started = time.perf_counter()
     pipe = _load(system, config)
@@ -96,8 +98,8 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
 
     def unet_step(name: str, at: str, unet) -> None:
         feeds = unet_inputs(at, hidden)
-        denoise = guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance)
-        eps = rec.measure(name, at, lambda: denoise(feeds["sample"][:1], UNET_TIMESTEP), runs=config.runs_for(at))
+        denoise = guided_denoiser(unet, feeds[ENCODER_HIDDEN_STATES], config.guidance)
+        eps = rec.measure(name, at, lambda: denoise(feeds[SAMPLE][:1], UNET_TIMESTEP), runs=config.runs_for(at))
         rec.save(f"{name}_{at}", eps)
 
     if system == "outpaint-fast":
@@ -108,19 +110,20 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
         rec.measure("vae_decode", canvas, lambda: pipe.decode_latents(latents), runs=config.runs)
         # The outpaint canvas first, so the whole outpaint below reuses its warm (compiled) shapes.
         if canvas in config.unet_canvases_for(system):
-            unet_step("unet_step", canvas, pipe.unet)
+            unet_step("unet_step", canvas, pipe.graphs[UNET].run)
     if system in config.whole_systems:
         _whole_outpaint(pipe, config, rec)
     if system != "outpaint-fast":
         for at in config.unet_canvases_for(system):
             if at != canvas:
-                unet_step("unet_step", at, pipe.unet)
+                unet_step("unet_step", at, pipe.graphs[UNET].run)
 
 
 def _fast_stages(pipe, config: BenchConfig, rec: Recorder) -> None:
     """The fast path's own stages on the outpaint canvas: windowed UNet step (whole and shallow), region decode."""
     from outpaint.engine import canvas as cv
-    from outpaint.engine.fast_pipeline import feature_cached_unet, tail_guided_denoiser, windowed_unet
+    from outpaint.engine.fast_path import decode_region, feature_cached_unet, unet_window, windowed_unet
+    from outpaint.engine.guidance import guided_denoiser
 
     request = outpaint_request(config)
     placed = cv.make_canvas(source_image(config), width=request.img_width, height=request.img_height,
@@ -128,11 +131,11 @@ def _fast_stages(pipe, config: BenchConfig, rec: Recorder) -> None:
     mask = cv.latent_mask(placed.mask)
     hidden = pipe.manifest.text_hidden_size
     feeds = unet_inputs(config.outpaint_canvas, hidden)
-    window = pipe.unet_window(mask)
+    window = unet_window(pipe.options, mask, pipe.unet_in_channels)
     caching = config.fast.feature_cache_interval > 1
     # With caching on, the whole-UNet calls are unet_deep's (the same UNet plus one output); the fast
     # pipeline then does not load `unet` at all.
-    whole = pipe.graphs["unet_deep"].run if caching else pipe.unet
+    whole = pipe.graphs[UNET_DEEP].run if caching else pipe.graphs[UNET].run
 
     def windowed(fn):
         return fn if window is None else windowed_unet(fn, window)
@@ -142,24 +145,26 @@ def _fast_stages(pipe, config: BenchConfig, rec: Recorder) -> None:
     if window is not None:
         rec.notes.append(f"UNet window: {window.width}x{window.height} latent cells of "
                          f"{mask.shape[3]}x{mask.shape[2]}")
-    guided = tail_guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance, frozenset())
-    rec.measure("unet_step_window", config.outpaint_canvas, lambda: guided(feeds["sample"][:1], UNET_TIMESTEP),
+    guided = guided_denoiser(unet, feeds[ENCODER_HIDDEN_STATES], config.guidance)
+    rec.measure("unet_step_window", config.outpaint_canvas, lambda: guided(feeds[SAMPLE][:1], UNET_TIMESTEP),
                 runs=config.runs)
     if config.fast.unguided_tail_steps:
-        unguided = tail_guided_denoiser(unet, feeds["encoder_hidden_states"], config.guidance, everything)
+        unguided = guided_denoiser(unet, feeds[ENCODER_HIDDEN_STATES], config.guidance,
+                                   unguided_timesteps=everything)
         rec.measure("unet_step_window_unguided", config.outpaint_canvas,
-                    lambda: unguided(feeds["sample"][:1], UNET_TIMESTEP), runs=config.runs)
+                    lambda: unguided(feeds[SAMPLE][:1], UNET_TIMESTEP), runs=config.runs)
     if caching:
         # An interval no run reaches: the first call fills the cache, every later one is shallow.
-        cached = windowed(feature_cached_unet(pipe.graphs["unet_deep"].run, pipe.graphs["unet_shallow"].run,
+        cached = windowed(feature_cached_unet(pipe.graphs[UNET_DEEP].run, pipe.graphs[UNET_SHALLOW].run,
                                               interval=1 << 30))
-        shallow = tail_guided_denoiser(cached, feeds["encoder_hidden_states"], config.guidance, frozenset())
-        shallow(feeds["sample"][:1], UNET_TIMESTEP)
+        shallow = guided_denoiser(cached, feeds[ENCODER_HIDDEN_STATES], config.guidance)
+        shallow(feeds[SAMPLE][:1], UNET_TIMESTEP)
         rec.measure("unet_step_window_shallow", config.outpaint_canvas,
-                    lambda: shallow(feeds["sample"][:1], UNET_TIMESTEP), runs=config.runs)
+                    lambda: shallow(feeds[SAMPLE][:1], UNET_TIMESTEP), runs=config.runs)
     _, latent = vae_inputs(config.outpaint_canvas)
     latents = latent * pipe.scaling_factor
-    rec.measure("vae_decode_region", config.outpaint_canvas, lambda: pipe.decode_region(latents, placed, mask),
+    rec.measure("vae_decode_region", config.outpaint_canvas,
+                lambda: decode_region(pipe.decode_latents, latents, placed.rgb, mask, pipe.options.decode_margin),
                 runs=config.runs)
     # Warm the remaining graphs at the request's shapes so the whole outpaint does not compile.
     pipe.encode_text(PROMPT, NEGATIVE_PROMPT)

@@ -1,1 +1,1 @@
-"""The runtime: canvas, tokenizer, samplers, the denoising loop and the pipeline."""
+"""The runtime: canvas, tokenizer, schedulers, the denoising loop and the pipeline."""

@@ -6,6 +6,7 @@ also writes the next UNet `sample`). Everything a step reads is uploaded once be
 start sample, text embeddings, init latents, noise, mask, and one small tensor per step for the
 timestep and the step's alphas. The latents come back to the host once, after the last step;
 a StepEvent copies them only if its `latents` is read (a preview), and only before the loop moves on.
+The UNet's first batch is built by engine/guidance.py, as the host loop builds every batch.
 
 A `DeviceRuntime` says *how* a backend keeps tensors on its device: ONNX Runtime binds OrtValues
 through IOBinding (`engine/backends/ort_device.py`, which also runs on the CPU, and is how this
@@ -23,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from outpaint.core.errors import OutpaintError
+from outpaint.core.graphs import TIMESTEP
 from outpaint.kernels.ddim_step import (
     EXTRA_CHANNELS,
     INIT_LATENTS,
@@ -33,10 +35,9 @@ from outpaint.kernels.ddim_step import (
     plan_scalars,
 )
 
+from .guidance import is_guided, unet_embeddings, unet_sample
 from .loop import StepEvent
-from .schedulers import Plan, Sampler
-
-TIMESTEP = "timestep"  # the UNet's (1,) float32 timestep input
+from .schedulers import Plan, Scheduler
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,9 @@ class DeviceRuntime(Protocol):
     def open(self, tensors: LoopTensors) -> DeviceLoopSession: ...
 
 
-def supports(sampler: Sampler) -> bool:
-    """The kernel implements DDIM's update; other samplers run the host loop."""
-    return sampler.name == "DDIM"
-
-
-def unet_sample(latents: np.ndarray, extra_channels: np.ndarray | None, guided: bool) -> np.ndarray:
-    """(N, C, h, w) float32 UNet `sample` for (1, 4, h, w) latents, as guided_denoiser builds it."""
-    single = latents if extra_channels is None else np.concatenate([latents, extra_channels], axis=1)
-    return np.ascontiguousarray(np.concatenate([single, single], axis=0) if guided else single, dtype=np.float32)
+def supports(scheduler: Scheduler) -> bool:
+    """The kernel implements DDIM's update; other schedulers run the host loop."""
+    return scheduler.name == "DDIM"
 
 
 def loop_tensors(
@@ -91,8 +86,7 @@ def loop_tensors(
     extra_channels: np.ndarray | None,  # (1, 5, h, w), 9-channel UNet
 ) -> LoopTensors:
     """Everything the device loop uploads, derived exactly as the host loop derives it."""
-    # Guidance exactly 1 skips the uncond half, as guided_denoiser does (docs/decisions.md).
-    guided = guidance_scale != 1.0
+    guided = is_guided(guidance_scale)
     kernel = StepKernel(
         guided=guided,
         blend=init_latents is not None,
@@ -110,33 +104,31 @@ def loop_tensors(
     return LoopTensors(
         kernel=kernel,
         sample=unet_sample(latents, extra_channels, guided),
-        text_embeddings=np.ascontiguousarray(text_embeddings if guided else text_embeddings[1:], dtype=np.float32),
+        text_embeddings=unet_embeddings(text_embeddings, guided),
         constants={name: np.ascontiguousarray(value, dtype=np.float32) for name, value in constants.items()},
         per_step=per_step,
     )
 
 
-class DeviceStepEvent(StepEvent):
-    """A StepEvent whose latents stay on the device unless read, and are readable only before the next step."""
+class DeviceLatents:
+    """The reader of one step's latents: a host copy made on the first call, possible only while the
+    device buffers still hold that step (until the loop advances)."""
 
-    def __init__(self, index: int, total: int, timestep: float, seconds: float, progress: _Progress,
-                 session: DeviceLoopSession) -> None:
-        for name, value in (("index", index), ("total", total), ("timestep", timestep), ("seconds", seconds)):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_progress", progress)
-        object.__setattr__(self, "_session", session)
-        object.__setattr__(self, "_copy", None)
+    def __init__(self, index: int, progress: _Progress, session: DeviceLoopSession) -> None:
+        self.index = index
+        self.progress = progress
+        self.session = session
+        self.copy: np.ndarray | None = None  # (1, 4, h, w) float32
 
-    @property
-    def latents(self) -> np.ndarray:  # (1, 4, h, w) float32
-        if self._copy is None:
-            if self._progress.completed != self.index + 1:
+    def __call__(self) -> np.ndarray:
+        if self.copy is None:
+            if self.progress.completed != self.index + 1:
                 raise OutpaintError(
-                    f"the latents of step {self.index} are gone (the loop is at step {self._progress.completed}): "
+                    f"the latents of step {self.index} are gone (the loop is at step {self.progress.completed}): "
                     "read StepEvent.latents before advancing the generator"
                 )
-            object.__setattr__(self, "_copy", self._session.read_latents())
-        return self._copy
+            self.copy = self.session.read_latents()
+        return self.copy
 
 
 @dataclass
@@ -152,11 +144,11 @@ def device_denoise_loop(runtime: DeviceRuntime, tensors: LoopTensors, plan: Plan
             started = time.perf_counter()
             session.step(index)
             progress.completed = index + 1
-            event = DeviceStepEvent(index, plan.num_steps, float(plan.timesteps[index]),
-                                    time.perf_counter() - started, progress, session)
+            latents = DeviceLatents(index, progress, session)
             if index == plan.num_steps - 1:
-                event.latents  # noqa: B018 - the one copy back to the host, before the buffers are freed
-            yield event
+                latents()  # the one copy back to the host, before the session frees the buffers
+            yield StepEvent(index, plan.num_steps, float(plan.timesteps[index]),
+                            time.perf_counter() - started, read_latents=latents)
 
 
 def select_device_runtime(unet, wanted: bool | None) -> DeviceRuntime | None:

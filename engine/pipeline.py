@@ -6,6 +6,9 @@
 
 `pipe.generate(...)` is the same computation as a generator: it yields a StepEvent after every
 denoising step and an OutpaintResult last, so callers can show progress or stop early.
+
+`OutpaintPipeline.load(folder, options=FastPathOptions())` is the CPU fast path: the same pipeline
+with the levers of engine/fast_path.py composed around its UNet calls and its decode.
 """
 
 from __future__ import annotations
@@ -16,23 +19,48 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from outpaint.core.errors import Cancelled, InvalidRequest, ModelError
+from outpaint.core.geometry import CANVAS_MULTIPLE
+from outpaint.core.graphs import (
+    IMAGE,
+    INPUT_IDS,
+    LAST_HIDDEN_STATE,
+    LATENT,
+    LATENT_MEAN,
+    TEXT_ENCODER,
+    UNET,
+    UNET_DEEP,
+    UNET_SHALLOW,
+    VAE_DECODER,
+    VAE_ENCODER,
+)
 from outpaint.core.manifest import Manifest
 
 from . import canvas as cv
-from .backends.registry import GRAPHS, load_graphs
+from .backends.registry import load_graphs
 from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
 from .device_loop import supports as device_loop_supports
-from .loop import StepEvent, denoise_loop, guided_denoiser
+from .fast_path import (
+    EXACT,
+    FastPathOptions,
+    decode_region,
+    feature_cached_unet,
+    graphs_to_load,
+    unet_window,
+    unguided_timesteps,
+    windowed_unet,
+)
+from .guidance import UNetFn, guided_denoiser
+from .loop import StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
-from .schedulers import SAMPLERS, Denoiser, NoiseScheduleConfig, Plan, get_sampler
+from .schedulers import SCHEDULERS, NoiseScheduleConfig, get_scheduler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("outpaint")
-UNET_DOWNSAMPLING = 64  # VAE factor 8 x three UNet downsamplings: canvases are multiples of 64 px
 
 
 @dataclass
@@ -63,10 +91,32 @@ def draw_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
 
-class OutpaintPipeline:
-    """Loaded graphs, tokenizer and noise schedule of one exported model. Holds no per-request state."""
+class Outpainter(Protocol):
+    """What the HTTP service and the CLI need of a loaded pipeline."""
 
-    def __init__(self, folder: Path, backend: str = "ort-cpu", device_loop: bool | None = None) -> None:
+    @property
+    def scheduler_names(self) -> tuple[str, ...]: ...
+
+    def generate(
+        self, source: cv.SourceImage | bytes, request: OutpaintRequest, *, noise: np.ndarray | None = None
+    ) -> Iterator[StepEvent | OutpaintResult]: ...
+
+
+class OutpaintPipeline:
+    """Loaded graphs, tokenizer and noise schedule of one exported model. Holds no per-request state.
+
+    `options` are the fast path's levers (engine/fast_path.py); the default, EXACT, turns every one
+    off. `device_loop` None keeps the loop on the device where the UNet runs on a GPU and the levers
+    are off (they act on the host loop's UNet calls); True insists, False never.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        backend: str = "ort-cpu",
+        device_loop: bool | None = None,
+        options: FastPathOptions = EXACT,
+    ) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelError(
@@ -75,26 +125,38 @@ class OutpaintPipeline:
             )
         self.folder = folder
         self.backend = backend
+        self.options = options
         self.manifest = Manifest.load(folder)
-        names = self.graph_names()
+        names = graphs_to_load(options, tuple(self.manifest.graphs), folder)
         missing = [g for g in names if g not in self.manifest.graphs]
         if missing:
             raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: the export did not finish; re-run it")
         self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
+        if options.shapes_unet_calls and device_loop:
+            raise InvalidRequest("device_loop", "the fast path's window, unguided tail and feature caching act "
+                                 "on the host loop's UNet calls; leave device_loop unset with them")
         self.graphs = load_graphs(backend, folder, self.manifest, names)
-        # None: keep the loop on the device when the backend's UNet lives on a GPU (docs/gpu.md).
-        self.device_runtime = None if device_loop is False else select_device_runtime(self.graphs["unet"], device_loop)
+        self.device_runtime = (
+            None if device_loop is False or options.shapes_unet_calls
+            else select_device_runtime(self.graphs[UNET], device_loop)
+        )
         self.unet_in_channels = self.manifest.unet_in_channels
         self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str = "ort-cpu", device_loop: bool | None = None) -> OutpaintPipeline:
-        return cls(Path(folder), backend, device_loop)
+    def load(
+        cls,
+        folder: str | Path,
+        backend: str = "ort-cpu",
+        device_loop: bool | None = None,
+        options: FastPathOptions = EXACT,
+    ) -> OutpaintPipeline:
+        return cls(Path(folder), backend, device_loop, options)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
-        return tuple(SAMPLERS)
+        return tuple(SCHEDULERS)
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -107,21 +169,29 @@ class OutpaintPipeline:
             if tokens.truncated:
                 warnings.append(f"{label} is longer than 77 CLIP tokens; the rest was ignored")
             ids.append(tokens.ids)
-        out = self.graphs["text_encoder"].run({"input_ids": np.stack(ids)})
-        return out["last_hidden_state"], warnings
+        out = self.graphs[TEXT_ENCODER].run({INPUT_IDS: np.stack(ids)})
+        return out[LAST_HIDDEN_STATE], warnings
 
     def encode_image(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (1, 4, H/8, W/8) float32 latents (mean x scaling factor)."""
-        mean = self.graphs["vae_encoder"].run({"image": cv.to_model_image(rgb)})["latent_mean"]
+        mean = self.graphs[VAE_ENCODER].run({IMAGE: cv.to_model_image(rgb)})[LATENT_MEAN]
         return mean * self.scaling_factor
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(1, 4, h, w) latents -> (H, W, 3) uint8."""
-        image = self.graphs["vae_decoder"].run({"latent": latents / self.scaling_factor})["image"]
+        image = self.graphs[VAE_DECODER].run({LATENT: latents / self.scaling_factor})[IMAGE]
         return cv.from_model_image(image)
 
-    def unet(self, feeds):
-        return self.graphs["unet"].run(feeds)
+    def request_unet(self, latent_mask: np.ndarray) -> UNetFn:
+        """The UNet as one request's loop calls it: with a fresh feature cache and on the mask's window
+        when those levers are on. latent_mask (1, 1, h, w)."""
+        interval = self.options.feature_cache_interval
+        if interval == 1:
+            unet = self.graphs[UNET].run
+        else:
+            unet = feature_cached_unet(self.graphs[UNET_DEEP].run, self.graphs[UNET_SHALLOW].run, interval)
+        window = unet_window(self.options, latent_mask, self.unet_in_channels)
+        return unet if window is None else windowed_unet(unet, window)
 
     def condition(
         self, source: cv.SourceImage, request: OutpaintRequest, seed: int, timings: dict[str, float]
@@ -129,9 +199,9 @@ class OutpaintPipeline:
         """Canvas, infill, init latents, latent mask and text embeddings (pipeline.md 1-5)."""
         started = time.perf_counter()
         for name in ("img_width", "img_height"):
-            if getattr(request, name) % UNET_DOWNSAMPLING or getattr(request, name) <= 0:
+            if getattr(request, name) % CANVAS_MULTIPLE or getattr(request, name) <= 0:
                 value = getattr(request, name)
-                raise InvalidRequest(name, f"must be a positive multiple of {UNET_DOWNSAMPLING}, got {value}")
+                raise InvalidRequest(name, f"must be a positive multiple of {CANVAS_MULTIPLE}, got {value}")
         canvas = cv.make_canvas(
             source, width=request.img_width, height=request.img_height, scale=request.scale,
             offset_x=request.offset_x, offset_y=request.offset_y, mask_expand=request.mask_expand,
@@ -163,20 +233,6 @@ class OutpaintPipeline:
 
     # -- the whole request ------------------------------------------------------------------------
 
-    # -- hooks a specialised pipeline (engine/fast_pipeline.py) overrides --------------------------
-
-    def graph_names(self) -> tuple[str, ...]:
-        """The graphs this pipeline runs, loaded once at start (the manifest is read by then)."""
-        return GRAPHS
-
-    def host_denoiser(self, cond: Conditioning, request: OutpaintRequest, plan: Plan) -> Denoiser:
-        """eps(x, t) for the host loop: one guided UNet call per model evaluation."""
-        return guided_denoiser(self.unet, cond.text_embeddings, request.guidance_scale, cond.extra_channels)
-
-    def decode_for_paste_back(self, latents: np.ndarray, cond: Conditioning) -> np.ndarray:
-        """(1, 4, h, w) final latents -> (H, W, 3) uint8 that paste-back composites the source over."""
-        return self.decode_latents(latents)
-
     def generate(
         self,
         source: cv.SourceImage | bytes,
@@ -191,12 +247,12 @@ class OutpaintPipeline:
         total_started = time.perf_counter()
         if isinstance(source, bytes | bytearray | memoryview):
             source = cv.decode_image(bytes(source))
-        sampler = get_sampler(request.scheduler)
+        scheduler = get_scheduler(request.scheduler)
         seed = draw_seed() if request.seed == -1 else request.seed
         timings: dict[str, float] = {}
         cond = self.condition(source, request, seed, timings)
 
-        plan = sampler.plan(self.schedule_config, request.num_inference_steps, request.strength)
+        plan = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength)
         latent_shape = cond.init_latents.shape
         rng = np.random.default_rng(seed)
         if noise is None:
@@ -204,32 +260,39 @@ class OutpaintPipeline:
         elif noise.shape != latent_shape or noise.dtype != np.float32:
             raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
         pure_noise = request.strength >= 1.0
-        latents = sampler.start(plan, cond.init_latents, noise, pure_noise)
+        latents = scheduler.start(plan, cond.init_latents, noise, pure_noise)
         # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
         blend_latents = cond.init_latents if self.unet_in_channels == 4 else None
-        if self.device_runtime is not None and device_loop_supports(sampler):
+        if self.device_runtime is not None and device_loop_supports(scheduler):
             events = device_denoise_loop(self.device_runtime, loop_tensors(
                 plan=plan, latents=latents, text_embeddings=cond.text_embeddings,
                 guidance_scale=request.guidance_scale, init_latents=blend_latents, noise=noise,
                 mask=cond.latent_mask, extra_channels=cond.extra_channels,
             ), plan)
         else:
-            denoise = self.host_denoiser(cond, request, plan)
+            denoise = guided_denoiser(
+                self.request_unet(cond.latent_mask), cond.text_embeddings, request.guidance_scale,
+                cond.extra_channels, unguided_timesteps(self.options, plan),
+            )
             events = denoise_loop(
-                sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng,
+                scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng,
                 init_latents=blend_latents, noise=noise, mask=cond.latent_mask,
             )
 
         step_seconds = []
+        last_event: StepEvent | None = None
         for event in events:
             step_seconds.append(event.seconds)
             last_event = event
             yield event
+        assert last_event is not None, "a plan has at least one step (Scheduler.plan validates it)"
         latents = last_event.latents  # read after the loop: a device loop copies to the host only this once
         timings["denoise"] = float(sum(step_seconds))
 
         started = time.perf_counter()
-        decoded = self.decode_for_paste_back(latents, cond)
+        # With the region decode on, `decoded` holds the source outside the decoded box.
+        decoded = decode_region(self.decode_latents, latents, cond.canvas.rgb, cond.latent_mask,
+                                self.options.decode_margin)
         timings["vae_decode"] = time.perf_counter() - started
         started = time.perf_counter()
         image = cv.paste_back(decoded, cond.canvas)

@@ -6,7 +6,6 @@ so a range lives in exactly one place (`FIELDS`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,7 +98,7 @@ class OutpaintRequest:
     def from_fields(cls, fields: Mapping[str, Any], *, schedulers: tuple[str, ...]) -> OutpaintRequest:
         """Validate API-style fields (unknown ones ignored) into a request.
 
-        `schedulers` lists the sampler names this engine implements; any other name is rejected
+        `schedulers` lists the scheduler names this engine implements; any other name is rejected
         with that list.
         """
         from .canvas import INFILL_MODES  # local: canvas imports numpy/PIL, request stays light
@@ -130,10 +129,3 @@ class OutpaintRequest:
             value = fields.get(name)
             values[name] = spec.default if value is None else _coerce_number(name, value, spec)
         return cls(**values)
-
-    def with_seed(self, seed: int) -> OutpaintRequest:
-        return dataclasses.replace(self, seed=seed)
-
-    def denoising_steps(self) -> int:
-        """How many of the schedule's steps run: strength < 1 skips the first ones (pipeline.md, 6)."""
-        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)

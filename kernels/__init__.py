@@ -1,1 +1,1 @@
-"""The sampler's per-step arithmetic as device kernels, each checked against its numpy reference."""
+"""The scheduler's per-step arithmetic as device kernels, each checked against its numpy reference."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from outpaint.core.graphs import GraphSpec, TensorSpec
+
 Dim = int | str
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: every ONNX Runtime and TensorRT parser we support reads it
@@ -86,10 +88,8 @@ class StepKernel:
         }
         return {name: shapes.get(name, (1,)) for name in self.input_names()}
 
-    def spec(self):
-        """The kernel as an export/specs.py GraphSpec (latent axes H/8, W/8), for TensorRT profiles."""
-        from outpaint.core.graphs import GraphSpec, TensorSpec
-
+    def spec(self) -> GraphSpec:
+        """The kernel as a GraphSpec (latent axes H/8, W/8), for TensorRT profiles."""
         return GraphSpec(
             name=self.name,
             inputs=tuple(TensorSpec(n, "float32", s) for n, s in self.input_shapes("H/8", "W/8").items()),

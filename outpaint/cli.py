@@ -51,12 +51,12 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per API field (api.md); defaults and ranges come from engine/request.py."""
     from outpaint.engine.canvas import INFILL_MODES
     from outpaint.engine.request import FIELDS
-    from outpaint.engine.schedulers import SAMPLERS
+    from outpaint.engine.schedulers import SCHEDULERS
 
     p.add_argument("--prompt", required=True, help="what to render in the new area")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
-    p.add_argument("--scheduler", default="DDIM", choices=tuple(SAMPLERS), metavar="NAME",
-                   help=f"one of: {', '.join(SAMPLERS)} (default DDIM; docs/schedulers.md)")
+    p.add_argument("--scheduler", default="DDIM", choices=tuple(SCHEDULERS), metavar="NAME",
+                   help=f"one of: {', '.join(SCHEDULERS)} (default DDIM; docs/schedulers.md)")
     flags = {
         "num_inference_steps": "--steps", "img_width": "--width", "img_height": "--height", "scale": "--scale",
         "strength": "--strength", "offset_x": "--offset-x", "offset_y": "--offset-y",
@@ -93,7 +93,8 @@ def _request_from_args(args, schedulers):
 
 def _cmd_run(args) -> int:
     from outpaint.engine.cpu_features import resolve_backend
-    from outpaint.engine.fast_pipeline import load_pipeline
+    from outpaint.engine.fast_path import EXACT, FastPathOptions
+    from outpaint.engine.pipeline import OutpaintPipeline
     from outpaint.run_request import run_with_progress, save_image
 
     if not args.image.is_file():
@@ -101,7 +102,7 @@ def _cmd_run(args) -> int:
     backend, reason = resolve_backend(args.backend, args.fast)
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
-    pipeline = load_pipeline(args.model, backend, fast=args.fast)
+    pipeline = OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT)
     request = _request_from_args(args, pipeline.scheduler_names)
     result = run_with_progress(pipeline, args.image.read_bytes(), request)
     for warning in result.warnings:

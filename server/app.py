@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from outpaint.core.errors import Cancelled, InvalidImage, InvalidRequest
 from outpaint.engine.canvas import SourceImage, decode_image
-from outpaint.engine.pipeline import OutpaintResult
+from outpaint.engine.pipeline import Outpainter, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
 from .body import Disconnected, check_content_type, image_bytes, parse_object, read_body
@@ -83,7 +82,7 @@ class ChargedImage(Response):
 class OutpaintService:
     """The state the routes share: one pipeline, its gate, the credits store, metrics."""
 
-    def __init__(self, config: ServerConfig, pipeline: Any, store: CreditStore | None) -> None:
+    def __init__(self, config: ServerConfig, pipeline: Outpainter, store: CreditStore | None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.store = store
@@ -234,7 +233,7 @@ async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
             return
 
 
-def create_app(config: ServerConfig, pipeline: Any, store: CreditStore | None) -> RequestContext:
+def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | None) -> RequestContext:
     """The ASGI application (FastAPI inside the request-id/metrics layer)."""
     service = OutpaintService(config, pipeline, store)
 

@@ -18,7 +18,7 @@ class ServerConfig:
     port: int = 8000
     # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).
     backend: str | None = None
-    fast: bool = False  # FastOutpaintPipeline instead of OutpaintPipeline (engine/fast_pipeline.py)
+    fast: bool = False  # the fast path's levers (engine/fast_path.py) on the pipeline
     no_auth: bool = False
     price: int = 1  # credits per delivered image
     concurrency: int = 1  # generations running at once on the one pipeline

@@ -22,7 +22,7 @@ from typing import Any
 from outpaint.core.errors import Cancelled
 from outpaint.engine.canvas import SourceImage
 from outpaint.engine.loop import StepEvent
-from outpaint.engine.pipeline import OutpaintResult
+from outpaint.engine.pipeline import Outpainter, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
 
@@ -58,7 +58,7 @@ class Gate:
 
     def __init__(
         self,
-        pipeline: Any,
+        pipeline: Outpainter,
         *,
         concurrency: int = 1,
         max_queue: int = 8,

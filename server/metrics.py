@@ -28,7 +28,7 @@ class Metrics:
             buckets=_REQUEST_BUCKETS, registry=self.registry,
         )
         self.step_seconds = Histogram(
-            "outpaint_denoise_step_seconds", "Wall time of one denoising step (UNet + sampler)",
+            "outpaint_denoise_step_seconds", "Wall time of one denoising step (UNet + scheduler)",
             buckets=_STEP_BUCKETS, registry=self.registry,
         )
         self.queue_depth = Gauge("outpaint_queue_depth", "Generations admitted and waiting for a worker",

@@ -54,7 +54,8 @@ class DrainingServer(uvicorn.Server):
 
 def serve(config: ServerConfig, *, log_level: str = "info") -> int:
     from outpaint.engine.cpu_features import resolve_backend
-    from outpaint.engine.fast_pipeline import load_pipeline
+    from outpaint.engine.fast_path import EXACT, FastPathOptions
+    from outpaint.engine.pipeline import OutpaintPipeline
 
     from .app import create_app
     from .credits import CreditStore
@@ -67,7 +68,7 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> int:
         log.info("--fast: %s", reason)
     config = dataclasses.replace(config, backend=backend)
     started = time.perf_counter()
-    pipeline = load_pipeline(config.model, backend, fast=config.fast)
+    pipeline = OutpaintPipeline.load(config.model, backend, options=FastPathOptions() if config.fast else EXACT)
     log.info("loaded %s (%s%s) in %.1f s", config.model, backend, ", fast path" if config.fast else "",
              time.perf_counter() - started)
     store = None

@@ -37,7 +37,7 @@ def request_schema(schedulers: tuple[str, ...]) -> dict[str, Any]:
         "prompt": {"type": "string", "description": "what to render in the new area"},
         "negative_prompt": {"type": ["string", "null"], "description": "what to steer away from; empty or null: none"},
         "scheduler": {"type": "string", "enum": list(schedulers), "default": "DDIM",
-                      "description": "the sampler; other names of the hosted API are a 400 listing these"},
+                      "description": "the scheduler; other names of the hosted API are a 400 listing these"},
     }
     for name, spec in FIELDS.items():
         prop: dict[str, Any] = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from outpaint.engine.loop import blend, denoise_loop
-from outpaint.engine.schedulers import SAMPLERS, NoiseScheduleConfig
+from outpaint.engine.schedulers import SCHEDULERS, NoiseScheduleConfig
 from outpaint.engine.schedulers.ddim import DDIM, ddim_step
 
 SD15 = NoiseScheduleConfig()
@@ -37,8 +37,8 @@ def test_ddim_matches_diffusers_ddim_scheduler_over_a_whole_loop():
         steps_offset=1, clip_sample=False, num_train_timesteps=1000,
     )
     reference.set_timesteps(25)
-    sampler = DDIM()
-    plan = sampler.plan(SD15, 25)
+    scheduler = DDIM()
+    plan = scheduler.plan(SD15, 25)
     assert plan.timesteps.tolist() == reference.timesteps.tolist()
 
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def test_ddim_matches_diffusers_ddim_scheduler_over_a_whole_loop():
         return (0.3 * latents + 0.001 * t * np.cos(latents)).astype(np.float32)
 
     for i, t in enumerate(reference.timesteps):
-        x = sampler.step(plan, None, i, x, mock_eps, rng)
+        x = scheduler.step(plan, None, i, x, mock_eps, rng)
         eps_ref = torch.from_numpy(mock_eps(x_ref.numpy(), float(t)))
         x_ref = reference.step(eps_ref, t, x_ref).prev_sample
     error = np.abs(x - x_ref.numpy()).max()
@@ -73,8 +73,8 @@ def test_noised_matches_diffusers_add_noise():
 def test_zero_eps_unet_makes_ddim_a_known_scaling_and_blend_restores_known_region():
     """eps = 0: every step scales x by sqrt(alpha_prev / alpha_t), so after the loop
     x = x_T * sqrt(alpha_final / alpha_first). The known region must equal the init latents exactly."""
-    sampler = SAMPLERS["DDIM"]
-    plan = sampler.plan(SD15, 5)
+    scheduler = SCHEDULERS["DDIM"]
+    plan = scheduler.plan(SD15, 5)
     rng = np.random.default_rng(2)
     noise = rng.standard_normal((1, 4, 6, 6), dtype=np.float32)
     init = rng.standard_normal((1, 4, 6, 6), dtype=np.float32)
@@ -82,12 +82,12 @@ def test_zero_eps_unet_makes_ddim_a_known_scaling_and_blend_restores_known_regio
     mask[..., :, 3:] = 1.0  # right half regenerated
 
     events = list(denoise_loop(
-        sampler=sampler, plan=plan, latents=sampler.start(plan, init, noise, True),
+        scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, True),
         denoise=lambda x, t: np.zeros_like(x), rng=rng, init_latents=init, noise=noise, mask=mask,
     ))
     assert len(events) == 5
     for event in events[:-1]:
-        expected_known = sampler.noised(plan, event.index + 1, init, noise)
+        expected_known = scheduler.noised(plan, event.index + 1, init, noise)
         np.testing.assert_array_equal(event.latents[..., :3], expected_known[..., :3])
     final = events[-1].latents
     np.testing.assert_array_equal(final[..., :3], init[..., :3])

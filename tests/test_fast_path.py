@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine.canvas import SourceImage
-from outpaint.engine.fast_pipeline import FastOutpaintPipeline, FastPathOptions
+from outpaint.engine.fast_path import EXACT, FastPathOptions, feature_cached_unet, unet_window
+from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
 OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1)
@@ -27,10 +30,11 @@ def reference(tiny_pipeline, case):
 
 
 def _fast(tiny_model_dir, options):
-    return FastOutpaintPipeline.load(tiny_model_dir, "ort-cpu", options)
+    return OutpaintPipeline.load(tiny_model_dir, "ort-cpu", options=options)
 
 
 def test_all_levers_off_is_the_reference_pipeline(tiny_model_dir, case, reference):
+    assert OFF == EXACT and OFF.exact and not FastPathOptions().exact
     result = _fast(tiny_model_dir, OFF)(*case)
     np.testing.assert_array_equal(result.latents, reference.latents)
     np.testing.assert_array_equal(result.image, reference.image)
@@ -51,19 +55,19 @@ def test_each_lever_keeps_the_source_exact_and_changes_only_the_mask(tiny_model_
     assert differs[regenerate].any(), "the lever did not change anything: was it applied?"
 
 
-def test_unet_window_is_aligned_and_skipped_when_it_would_be_the_whole_canvas(tiny_model_dir, reference):
+def test_unet_window_is_aligned_and_skipped_when_it_would_be_the_whole_canvas(reference):
     from outpaint.engine.canvas import latent_mask
 
-    pipe = _fast(tiny_model_dir, FastPathOptions(window_margin=2))
-    window = pipe.unet_window(latent_mask(reference.canvas.mask))
+    mask = latent_mask(reference.canvas.mask)
+    window = unet_window(FastPathOptions(window_margin=2), mask, unet_in_channels=4)
     assert window is not None and window.width % 8 == 0 and window.height == 32
-    wide = _fast(tiny_model_dir, FastPathOptions(window_margin=40))
-    assert wide.unet_window(latent_mask(reference.canvas.mask)) is None
+    assert unet_window(FastPathOptions(window_margin=40), mask, unet_in_channels=4) is None
+    assert unet_window(FastPathOptions(window_margin=2), mask, unet_in_channels=9) is None  # not blended
 
 
 def test_guidance_one_makes_the_unguided_tail_exact(tiny_model_dir, tiny_pipeline, case):
     source, request = case
-    request = OutpaintRequest(**{**request.__dict__, "guidance_scale": 1.0})
+    request = dataclasses.replace(request, guidance_scale=1.0)
     expected = tiny_pipeline(source, request)
     tail_only = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=3, feature_cache_interval=1)
     result = _fast(tiny_model_dir, tail_only)(source, request)
@@ -80,8 +84,6 @@ def test_bad_options_name_the_field(kwargs, field):
 
 
 def test_feature_cache_runs_the_whole_unet_every_kth_call_and_serves_the_tail_from_the_prompt_half():
-    from outpaint.engine.fast_pipeline import feature_cached_unet
-
     calls: list[tuple[str, int]] = []
 
     def deep(feeds):
@@ -109,8 +111,6 @@ def test_feature_cache_runs_the_whole_unet_every_kth_call_and_serves_the_tail_fr
 
 
 def test_prompt_half_of_the_cached_feature_serves_batch_one():
-    from outpaint.engine.fast_pipeline import feature_cached_unet
-
     seen = []
 
     def deep(feeds):
@@ -139,11 +139,17 @@ def test_feature_cache_needs_the_split_graphs_and_says_how_to_get_them(tiny_mode
     manifest["graphs"] = {k: v for k, v in manifest["graphs"].items() if not k.startswith("unet_")}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"unet_deep, unet_shallow.*outpaint export"):
-        FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=2))
-    FastOutpaintPipeline.load(copy, "ort-cpu", FastPathOptions(feature_cache_interval=1))  # off: not needed
+        _fast(copy, FastPathOptions(feature_cache_interval=2))
+    _fast(copy, FastPathOptions(feature_cache_interval=1))  # off: not needed
 
 
 def test_feature_cache_loads_the_split_instead_of_the_whole_unet(tiny_model_dir):
     caching = _fast(tiny_model_dir, FastPathOptions(feature_cache_interval=2))
     assert {"unet_deep", "unet_shallow"} <= set(caching.graphs) and "unet" not in caching.graphs
     assert "unet" in _fast(tiny_model_dir, OFF).graphs
+
+
+def test_levers_on_the_host_loop_refuse_a_forced_device_loop(tiny_model_dir):
+    with pytest.raises(InvalidRequest, match="device_loop"):
+        OutpaintPipeline.load(tiny_model_dir, "ort-cpu", device_loop=True, options=FastPathOptions())
+    assert OutpaintPipeline.load(tiny_model_dir, "ort-cpu", options=FastPathOptions()).device_runtime is None

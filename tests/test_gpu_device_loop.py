@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from outpaint.core.errors import OutpaintError
-from outpaint.engine.device_loop import DeviceStepEvent
+from outpaint.engine.device_loop import DeviceLatents
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
@@ -63,7 +63,7 @@ def test_step_latents_are_readable_while_the_loop_waits_and_match_the_host_loop(
     device_events = []
     for item in device_pipeline.generate(source, _request()):
         if isinstance(item, StepEvent):
-            assert isinstance(item, DeviceStepEvent)
+            assert isinstance(item.read_latents, DeviceLatents)  # copied to the host only when read
             if item.index == 1:
                 preview = item.latents  # read before advancing: one copy of that step's latents
             device_events.append(item)

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from outpaint.engine.schedulers import NoiseScheduleConfig, get_sampler
+from outpaint.engine.schedulers import NoiseScheduleConfig, get_scheduler
 from outpaint.kernels.ddim_step import (
     ALPHA_NEXT,
     ALPHA_PREV,
@@ -53,7 +53,7 @@ def _run(session, feeds) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_kernel_matches_the_numpy_reference_on_every_step_of_a_plan(kernel, spacing):
     config = dataclasses.replace(NoiseScheduleConfig(), timestep_spacing=spacing)
-    plan = get_sampler("DDIM").plan(config, 7, 0.8)
+    plan = get_scheduler("DDIM").plan(config, 7, 0.8)
     session = _session(kernel)
     rng = np.random.default_rng(5)
     for index in range(plan.num_steps):
@@ -74,7 +74,7 @@ def test_kernel_matches_the_numpy_reference_on_every_step_of_a_plan(kernel, spac
 
 def test_last_step_puts_back_the_init_latents_exactly_where_the_mask_is_zero():
     kernel = StepKernel(guided=True, blend=True)
-    plan = get_sampler("DDIM").plan(NoiseScheduleConfig(), 3, 1.0)
+    plan = get_scheduler("DDIM").plan(NoiseScheduleConfig(), 3, 1.0)
     feeds = _random_inputs(kernel, 4, 4, np.random.default_rng(0))
     feeds["mask"][..., :2] = 0.0
     feeds.update(plan_scalars(plan, plan.num_steps - 1, 5.0, kernel))
@@ -86,7 +86,7 @@ def test_last_step_puts_back_the_init_latents_exactly_where_the_mask_is_zero():
 def test_the_blend_uses_the_next_level_not_alpha_prev():
     """Under linspace spacing the two differ: a kernel fed alpha_prev for the blend would be wrong."""
     config = dataclasses.replace(NoiseScheduleConfig(), timestep_spacing="linspace")
-    plan = get_sampler("DDIM").plan(config, 6, 1.0)
+    plan = get_scheduler("DDIM").plan(config, 6, 1.0)
     kernel = StepKernel(guided=False, blend=True)
     feeds = _random_inputs(kernel, 4, 4, np.random.default_rng(1))
     feeds.update(plan_scalars(plan, 1, 1.0, kernel))

@@ -1,9 +1,9 @@
 """Every scheduler of the API against its diffusers reference, driven the way diffusers' pipelines drive it.
 
 The model is a deterministic, elementwise numpy mock of (x, t); both sides get the same start noise and,
-for the ancestral samplers, the same fresh noise per step: diffusers draws it with torch.randn from the
+for the ancestral schedulers, the same fresh noise per step: diffusers draws it with torch.randn from the
 generator it is given, so our side gets an rng whose standard_normal draws from a twin torch generator
-with the same seed. A sampler that drew a different number of times, or different shapes, would fall
+with the same seed. A scheduler that drew a different number of times, or different shapes, would fall
 out of step. Every model call is recorded on both sides and compared: count, timestep, input.
 
 Tolerance: float32 rounding. Our schedules are built with diffusers' own dtypes (alphas-bar are
@@ -22,7 +22,7 @@ import pytest
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine.loop import denoise_loop
 from outpaint.engine.request import OutpaintRequest
-from outpaint.engine.schedulers import API_SCHEDULER_NAMES, SAMPLERS, NoiseScheduleConfig, get_sampler
+from outpaint.engine.schedulers import API_SCHEDULER_NAMES, SCHEDULERS, NoiseScheduleConfig, get_scheduler
 from outpaint.export.random_models import SD15_SCHEDULER_CONFIG
 
 from .conftest import make_png
@@ -141,17 +141,17 @@ def _calls_ending_steps(name: str, steps: int) -> list[int]:
 
 
 def _run_ours(name, steps, strength, noise, init, mask=None, rng=None, config=SD15):
-    sampler = SAMPLERS[name]
-    plan = sampler.plan(config, steps, strength)
+    scheduler = SCHEDULERS[name]
+    plan = scheduler.plan(config, steps, strength)
     calls = []
 
     def denoise(x: np.ndarray, t: float) -> np.ndarray:
         calls.append((x.copy(), t))
         return mock_eps(x, t)
 
-    latents = sampler.start(plan, init, noise, strength >= 1.0)
+    latents = scheduler.start(plan, init, noise, strength >= 1.0)
     events = list(denoise_loop(
-        sampler=sampler, plan=plan, latents=latents, denoise=denoise, rng=rng or TwinTorchRng(5),
+        scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng or TwinTorchRng(5),
         init_latents=None if mask is None else init, noise=noise, mask=mask,
     ))
     assert [e.index for e in events] == list(range(plan.num_steps))
@@ -174,30 +174,30 @@ def _assert_same_run(ours, ours_calls, ref, ref_calls):
 
 
 def test_every_api_name_is_registered_with_its_reference():
-    assert set(SAMPLERS) == set(API_SCHEDULER_NAMES) == set(REFERENCES)
-    for name, sampler in SAMPLERS.items():
-        assert sampler.name == name
-        assert REFERENCES[name][0].removesuffix("Scheduler") in sampler.reference
+    assert set(SCHEDULERS) == set(API_SCHEDULER_NAMES) == set(REFERENCES)
+    for name, scheduler in SCHEDULERS.items():
+        assert scheduler.name == name
+        assert REFERENCES[name][0].removesuffix("Scheduler") in scheduler.reference
 
 
 def test_unknown_name_is_rejected_listing_the_valid_names():
     with pytest.raises(InvalidRequest) as info:
-        get_sampler("Euler Karras")
+        get_scheduler("Euler Karras")
     assert info.value.field == "scheduler"
     for name in API_SCHEDULER_NAMES:
         assert name in info.value.message
     with pytest.raises(InvalidRequest, match="must be one of"):
-        OutpaintRequest.from_fields({"prompt": "x", "scheduler": "euler"}, schedulers=tuple(SAMPLERS))
+        OutpaintRequest.from_fields({"prompt": "x", "scheduler": "euler"}, schedulers=tuple(SCHEDULERS))
 
 
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
 def test_bad_step_counts_and_strengths_are_rejected(name):
-    sampler = SAMPLERS[name]
+    scheduler = SCHEDULERS[name]
     with pytest.raises(InvalidRequest) as info:
-        sampler.plan(SD15, 0, 1.0)
+        scheduler.plan(SD15, 0, 1.0)
     assert info.value.field == "num_inference_steps"
     with pytest.raises(InvalidRequest) as info:
-        sampler.plan(SD15, 5, 0.1)
+        scheduler.plan(SD15, 5, 0.1)
     assert info.value.field == "strength" and "no denoising step" in info.value.message
 
 
@@ -228,20 +228,20 @@ def test_other_timestep_spacings_match_diffusers(name, spacing):
 
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
 def test_masked_loop_matches_diffusers_inpaint_blending(name):
-    """Blending after every step with the sampler's own noise level, as diffusers' inpaint pipeline does.
+    """Blending after every step with the scheduler's own noise level, as diffusers' inpaint pipeline does.
 
-    For the two-call samplers diffusers also blends between the two calls; with a binary mask and an
+    For the two-call schedulers diffusers also blends between the two calls; with a binary mask and an
     elementwise model that cannot change the result, which is what makes this comparison possible.
     """
     noise, init, mask = _inputs(1)
     ref, ref_calls, ref_knowns = _run_reference(name, 10, 1.0, noise, init, mask)
     ours, ours_calls = _run_ours(name, 10, 1.0, noise, init, mask)
     # The known region after each of our steps is what diffusers blends in after the call ending that step.
-    sampler, plan = SAMPLERS[name], SAMPLERS[name].plan(SD15, 10, 1.0)
+    scheduler, plan = SCHEDULERS[name], SCHEDULERS[name].plan(SD15, 10, 1.0)
     for step, call in enumerate(_calls_ending_steps(name, 10)):
         expected = ref_knowns[call]
         atol = TOLERANCE * max(1.0, float(np.abs(expected).max()))
-        np.testing.assert_allclose(sampler.noised(plan, step + 1, init, noise), expected, rtol=0, atol=atol)
+        np.testing.assert_allclose(scheduler.noised(plan, step + 1, init, noise), expected, rtol=0, atol=atol)
     # diffusers' inputs to the second call of a two-call step are blended in the known region; ours are not.
     keep = mask[0, 0] > 0 if name in TWO_CALL else np.ones(mask.shape[2:], bool)
     _assert_same_run(ours, [(x[..., keep], t) for x, t in ours_calls], ref, [(x[..., keep], t) for x, t in ref_calls])
@@ -255,8 +255,8 @@ def test_strength_start_is_diffusers_add_noise_at_the_first_remaining_timestep(n
 
     steps = 10
     noise, init, _ = _inputs(2)
-    sampler = SAMPLERS[name]
-    plan = sampler.plan(SD15, steps, strength)
+    scheduler = SCHEDULERS[name]
+    plan = scheduler.plan(SD15, steps, strength)
     assert plan.num_steps == int(steps * strength)
     ref = _reference(name)
     ref.set_timesteps(steps)
@@ -266,7 +266,7 @@ def test_strength_start_is_diffusers_add_noise_at_the_first_remaining_timestep(n
     # PNDM's call list repeats its second timestep, so its step t_start starts at entry t_start + 1.
     first = ref.timesteps[t_start * ref.order + (name == "PNDM"):][:1]
     expected = ref.add_noise(torch.from_numpy(init), torch.from_numpy(noise), first).numpy()
-    ours = sampler.start(plan, init, noise, pure_noise=False)
+    ours = scheduler.start(plan, init, noise, pure_noise=False)
     assert abs(float(plan.timesteps[0]) - float(first[0])) <= TIMESTEP_TOLERANCE
     np.testing.assert_allclose(ours, expected, rtol=0, atol=TOLERANCE * max(1.0, float(np.abs(expected).max())))
 
@@ -309,7 +309,7 @@ def test_pndm_with_strength_starts_afresh_on_the_remaining_steps():
     import torch
 
     noise, init, _ = _inputs(5)
-    plan = SAMPLERS["PNDM"].plan(SD15, 10, 0.55)
+    plan = SCHEDULERS["PNDM"].plan(SD15, 10, 0.55)
     remaining = plan.timesteps.astype(np.int64)
     pattern = torch.from_numpy(np.concatenate([remaining[:1], remaining[1:2], remaining[1:]]))
     ref, ref_calls, _ = _run_reference("PNDM", 10, 0.55, noise, init, timesteps_override=pattern)
@@ -320,10 +320,10 @@ def test_pndm_with_strength_starts_afresh_on_the_remaining_steps():
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
 def test_pure_noise_start_is_noise_times_init_noise_sigma(name):
     noise, init, _ = _inputs(6)
-    sampler = SAMPLERS[name]
+    scheduler = SCHEDULERS[name]
     ref = _reference(name)
     ref.set_timesteps(25)
-    ours = sampler.start(sampler.plan(SD15, 25, 1.0), init, noise, pure_noise=True)
+    ours = scheduler.start(scheduler.plan(SD15, 25, 1.0), init, noise, pure_noise=True)
     np.testing.assert_allclose(ours, noise * float(ref.init_noise_sigma), rtol=2e-7, atol=0)
 
 
@@ -332,37 +332,37 @@ def test_pure_noise_start_is_noise_times_init_noise_sigma(name):
 
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
 def test_known_region_is_the_init_latents_noised_to_each_level(name):
-    """After every step, where mask == 0, the latents are exactly sampler.noised(plan, i + 1, init, noise)."""
-    sampler = SAMPLERS[name]
+    """After every step, where mask == 0, the latents are exactly scheduler.noised(plan, i + 1, init, noise)."""
+    scheduler = SCHEDULERS[name]
     noise, init, _ = _inputs(7)
     mask = np.linspace(0, 1, SHAPE[3], dtype=np.float32).reshape(1, 1, 1, -1).repeat(SHAPE[2], axis=2)
     mask[..., : SHAPE[3] // 2] = 0.0  # left half known, right half a soft ramp
     known = mask[0, 0] == 0
     for strength in (1.0, 0.6):
-        plan = sampler.plan(SD15, 6, strength)
+        plan = scheduler.plan(SD15, 6, strength)
         events = list(denoise_loop(
-            sampler=sampler, plan=plan, latents=sampler.start(plan, init, noise, strength >= 1.0),
+            scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, strength >= 1.0),
             denoise=mock_eps, rng=np.random.default_rng(1), init_latents=init, noise=noise, mask=mask,
         ))
         for event in events:
-            expected = sampler.noised(plan, event.index + 1, init, noise)
+            expected = scheduler.noised(plan, event.index + 1, init, noise)
             np.testing.assert_array_equal(event.latents[..., known], expected[..., known])
         np.testing.assert_array_equal(events[-1].latents[..., known], init[..., known])
         zeros = np.zeros_like(init)
-        noise_left = [np.abs(sampler.noised(plan, i, zeros, noise)).mean() for i in range(plan.num_steps + 1)]
+        noise_left = [np.abs(scheduler.noised(plan, i, zeros, noise)).mean() for i in range(plan.num_steps + 1)]
         assert all(a > b for a, b in itertools.pairwise(noise_left)), "levels must get less noisy"
         assert noise_left[-1] == 0
 
 
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
 def test_same_seed_same_result(name):
-    sampler = SAMPLERS[name]
+    scheduler = SCHEDULERS[name]
     noise, init, mask = _inputs(8)
 
     def run(seed: int) -> np.ndarray:
-        plan = sampler.plan(SD15, 5, 1.0)
+        plan = scheduler.plan(SD15, 5, 1.0)
         *_, last = denoise_loop(
-            sampler=sampler, plan=plan, latents=sampler.start(plan, init, noise, True), denoise=mock_eps,
+            scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, True), denoise=mock_eps,
             rng=np.random.default_rng(seed), init_latents=init, noise=noise, mask=mask,
         )
         return last.latents
@@ -373,24 +373,24 @@ def test_same_seed_same_result(name):
 
 
 @pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
-def test_one_sampler_serves_interleaved_requests(name):
+def test_one_scheduler_serves_interleaved_requests(name):
     """History lives in new_state(): two requests stepped alternately equal the same two run alone."""
-    sampler = SAMPLERS[name]
+    scheduler = SCHEDULERS[name]
     requests = [_inputs(seed)[0] for seed in (9, 10)]
-    plan = sampler.plan(SD15, 7, 1.0)
+    plan = scheduler.plan(SD15, 7, 1.0)
 
     def alone(noise: np.ndarray) -> np.ndarray:
-        state, x, rng = sampler.new_state(), sampler.start(plan, noise, noise, True), np.random.default_rng(0)
+        state, x, rng = scheduler.new_state(), scheduler.start(plan, noise, noise, True), np.random.default_rng(0)
         for i in range(plan.num_steps):
-            x = sampler.step(plan, state, i, x, mock_eps, rng)
+            x = scheduler.step(plan, state, i, x, mock_eps, rng)
         return x
 
-    states = [sampler.new_state() for _ in requests]
-    xs = [sampler.start(plan, noise, noise, True) for noise in requests]
+    states = [scheduler.new_state() for _ in requests]
+    xs = [scheduler.start(plan, noise, noise, True) for noise in requests]
     rngs = [np.random.default_rng(0) for _ in requests]
     for i in range(plan.num_steps):
         for k in range(len(requests)):
-            xs[k] = sampler.step(plan, states[k], i, xs[k], mock_eps, rngs[k])
+            xs[k] = scheduler.step(plan, states[k], i, xs[k], mock_eps, rngs[k])
     for x, noise in zip(xs, requests, strict=True):
         np.testing.assert_array_equal(x, alone(noise))
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from outpaint.core.errors import BackendUnavailable, ModelError, OutpaintError
+from outpaint.core.graphs import TIMESTEP
 
 from .base import check_feeds
 
@@ -42,7 +43,7 @@ class OvOptions:
     max_shapes: int = 2  # compiled static-shape variants kept per graph (each holds its own weights)
     cache_dir: str | None = None  # OpenVINO's on-disk compiled-model cache (CACHE_DIR); None = off
     # In bf16, run the subgraph that depends only on this input in fp32 (ov_prologue.py); "" = off.
-    fp32_prologue_input: str = "timestep"
+    fp32_prologue_input: str = TIMESTEP
 
     def compile_config(self, precision: str | None = None) -> dict[str, Any]:
         import openvino.properties as props

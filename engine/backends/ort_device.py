@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from outpaint.core.graphs import ENCODER_HIDDEN_STATES, OUT_SAMPLE, SAMPLE, TIMESTEP
 from outpaint.kernels.ddim_step import EPS, LATENTS, LATENTS_NEXT, UNET_SAMPLE_NEXT, StepKernel, build_step_graph
 
-from ..device_loop import TIMESTEP, LoopTensors
-
-UNET_SAMPLE, UNET_EMBEDDINGS, UNET_OUT = "sample", "encoder_hidden_states", "out_sample"
+from ..device_loop import LoopTensors
 
 
 def _device_of(session) -> tuple[str, int]:
@@ -87,9 +86,9 @@ class OrtLoopSession:
         self.kernel_bindings = []
         for parity in (0, 1):
             unet = runtime.unet.io_binding()
-            unet.bind_ortvalue_input(UNET_SAMPLE, self.samples[parity])
-            unet.bind_ortvalue_input(UNET_EMBEDDINGS, embeddings)
-            unet.bind_ortvalue_output(UNET_OUT, self.eps)
+            unet.bind_ortvalue_input(SAMPLE, self.samples[parity])
+            unet.bind_ortvalue_input(ENCODER_HIDDEN_STATES, embeddings)
+            unet.bind_ortvalue_output(OUT_SAMPLE, self.eps)
             self.unet_bindings.append(unet)
 
             step = kernel_session.io_binding()

@@ -27,17 +27,17 @@ from typing import Any
 import numpy as np
 
 from outpaint.core.errors import BackendUnavailable, ModelError, OutpaintError
+from outpaint.core.graphs import ENCODER_HIDDEN_STATES, OUT_SAMPLE, SAMPLE, TIMESTEP, UNET
 from outpaint.core.manifest import Manifest
 from outpaint.core.trt_key import DeviceIdentity, check_compatible, engine_path, selected_record
 from outpaint.kernels.ddim_step import EPS, LATENTS, LATENTS_NEXT, UNET_SAMPLE_NEXT
 
-from ..device_loop import TIMESTEP, LoopTensors
+from ..device_loop import LoopTensors
 from . import cuda
 from .base import check_feeds
 
 log = logging.getLogger("outpaint")
 SUPPORTED_MAJOR = 10
-UNET_SAMPLE, UNET_EMBEDDINGS, UNET_OUT = "sample", "encoder_hidden_states", "out_sample"
 
 
 def import_tensorrt() -> Any:
@@ -312,16 +312,16 @@ class TrtLoopSession:
         backend, tensors = self.backend, self.tensors
         backend.lock.acquire()  # held for the whole loop: the loop owns the activation buffer
         try:
-            self.unet = unet = backend.engine("unet")
+            self.unet = unet = backend.engine(UNET)
             self.kernel = kernel = backend.engine(tensors.kernel.name)
             _, _, h, w = tensors.sample.shape
-            unet.allocate_buffers({UNET_SAMPLE: tensors.sample.shape, TIMESTEP: (1,),
-                                   UNET_EMBEDDINGS: tensors.text_embeddings.shape})
-            shared = {EPS: unet.addresses[UNET_OUT], UNET_SAMPLE_NEXT: unet.addresses[UNET_SAMPLE]}
+            unet.allocate_buffers({SAMPLE: tensors.sample.shape, TIMESTEP: (1,),
+                                   ENCODER_HIDDEN_STATES: tensors.text_embeddings.shape})
+            shared = {EPS: unet.addresses[OUT_SAMPLE], UNET_SAMPLE_NEXT: unet.addresses[SAMPLE]}
             kernel.allocate_buffers(tensors.kernel.input_shapes(h, w), aliases=shared)
             stream = backend.stream
-            uploads = {unet.addresses[UNET_SAMPLE]: tensors.sample,
-                       unet.addresses[UNET_EMBEDDINGS]: tensors.text_embeddings}
+            uploads = {unet.addresses[SAMPLE]: tensors.sample,
+                       unet.addresses[ENCODER_HIDDEN_STATES]: tensors.text_embeddings}
             uploads.update({kernel.addresses[name]: value for name, value in tensors.constants.items()})
             # (steps, values) float32: row i holds step i's timestep and alphas, in `self.names` order.
             table = np.ascontiguousarray(

@@ -19,7 +19,7 @@ def alpha_noised(alpha: np.float32, clean: np.ndarray, noise: np.ndarray) -> np.
 
 
 class AlphaSpace:
-    """start/noised/new_state of samplers whose levels are alpha-bar (the last level, 1, is clean)."""
+    """start/noised/new_state of schedulers whose levels are alpha-bar (the last level, 1, is clean)."""
 
     def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:

@@ -1,6 +1,6 @@
-"""What every sampler provides, so the denoising loop never branches on a sampler's name.
+"""What every scheduler provides, so the denoising loop never branches on a scheduler's name.
 
-A sampler is a module-level object of pure functions over a `Plan` (its schedule for one request,
+A scheduler is a module-level object of pure functions over a `Plan` (its schedule for one request,
 computed up front) and a per-request `state` (history of multistep methods; None for DDIM). Nothing
 is shared between requests, so one loaded pipeline can serve concurrent calls.
 """
@@ -24,18 +24,18 @@ Denoiser = Callable[[np.ndarray, float], np.ndarray]
 @dataclass(frozen=True)
 class Plan:
     """One request's schedule. `timesteps[i]` is the model timestep of step i; `levels` are the
-    sampler's own noise levels, one more than the steps (the last one is clean)."""
+    scheduler's own noise levels, one more than the steps (the last one is clean)."""
 
     timesteps: np.ndarray  # (n,) float32, model timesteps in running order
-    levels: np.ndarray  # (n + 1,) float32, the sampler's noise coordinate before each step, then after
-    extra: dict[str, Any]  # sampler-specific arrays (alphas, sigmas, ...)
+    levels: np.ndarray  # (n + 1,) float32, the scheduler's noise coordinate before each step, then after
+    extra: dict[str, Any]  # scheduler-specific arrays (alphas, sigmas, ...)
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
 
 
-class Sampler(Protocol):
+class Scheduler(Protocol):
     name: str  # the API's name ("DDIM")
     reference: str  # the diffusers class it corresponds to
 

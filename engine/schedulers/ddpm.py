@@ -38,7 +38,7 @@ def posterior_coefficients(alpha_t: np.ndarray, alpha_prev: np.ndarray) -> dict[
     }
 
 
-class Ddpm(AlphaSpace):
+class DDPM(AlphaSpace):
     name = "DDPM"
     reference = "diffusers.DDPMScheduler (variance_type fixed_small, clip_sample False)"
 

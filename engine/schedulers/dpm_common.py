@@ -58,8 +58,8 @@ def half_log_snr(sigmas: np.ndarray) -> np.ndarray:
         return -np.log(np.asarray(sigmas, np.float64))
 
 
-class DpmSpace:
-    """start/noised of the DPM-Solver++ samplers: alpha_t x_0 + sigma_t eps at the plan's VE sigma."""
+class DPMSpace:
+    """start/noised of the DPM-Solver++ schedulers: alpha_t x_0 + sigma_t eps at the plan's VE sigma."""
 
     def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:

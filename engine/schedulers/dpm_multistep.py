@@ -21,7 +21,7 @@ import numpy as np
 from .base import Denoiser, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .dpm_common import (
-    DpmSpace,
+    DPMSpace,
     alpha_sigma,
     data_prediction,
     half_log_snr,
@@ -52,7 +52,7 @@ def multistep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-class DpmMultistep(DpmSpace):
+class DPMSolverMultistep(DPMSpace):
     name = "DPM Multi"
     reference = "diffusers.DPMSolverMultistepScheduler (DPM-Solver++ 2M)"
 

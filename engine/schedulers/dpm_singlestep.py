@@ -22,7 +22,7 @@ import numpy as np
 from .base import Denoiser, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .dpm_common import (
-    DpmSpace,
+    DPMSpace,
     alpha_sigma,
     data_prediction,
     half_log_snr,
@@ -67,7 +67,7 @@ def singlestep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
     return {"alpha": alpha, "sigma_vp": sigma_vp, **{k: v.astype(np.float32) for k, v in scalars.items()}}
 
 
-class DpmSinglestep(DpmSpace):
+class DPMSolverSinglestep(DPMSpace):
     name = "DPM Single"
     reference = "diffusers.DPMSolverSinglestepScheduler (DPM-Solver++ 2S)"
 

@@ -26,7 +26,7 @@ LMS_ORDER = 4
 
 
 @dataclass
-class LmsState:
+class LMSState:
     derivatives: list[np.ndarray] = field(default_factory=list)  # newest last, at most LMS_ORDER
 
 
@@ -54,7 +54,7 @@ def lms_coefficients(sigmas: np.ndarray) -> np.ndarray:
     return table
 
 
-class Lms(SigmaSpace):
+class LMS(SigmaSpace):
     name = "LMS"
     reference = "diffusers.LMSDiscreteScheduler"
 
@@ -65,13 +65,13 @@ class Lms(SigmaSpace):
         # The coefficients depend on how many steps this request has taken, so on the remaining levels only.
         return replace(plan, extra={**plan.extra, "coefficients": lms_coefficients(plan.levels)})
 
-    def new_state(self) -> LmsState:
-        return LmsState()
+    def new_state(self) -> LMSState:
+        return LMSState()
 
     def step(
         self,
         plan: Plan,
-        state: LmsState,
+        state: LMSState,
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,

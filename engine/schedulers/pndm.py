@@ -32,7 +32,7 @@ from .config import NoiseScheduleConfig
 
 
 @dataclass
-class PndmState:
+class PNDMState:
     ets: list[np.ndarray] = field(default_factory=list)  # the last noise predictions, newest last, at most 4
 
 
@@ -55,7 +55,7 @@ def linear_multistep_eps(ets: list[np.ndarray]) -> np.ndarray:
     return np.float32(1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
 
 
-class Pndm(AlphaSpace):
+class PNDM(AlphaSpace):
     name = "PNDM"
     reference = "diffusers.PNDMScheduler (skip_prk_steps=True)"
 
@@ -69,13 +69,13 @@ class Pndm(AlphaSpace):
         alpha_prev = np.concatenate([alpha_t[1:], [final_alpha]]).astype(np.float32)
         return alpha_plan(timesteps, alpha_t, skip, alpha_prev=alpha_prev)
 
-    def new_state(self) -> PndmState:
-        return PndmState()
+    def new_state(self) -> PNDMState:
+        return PNDMState()
 
     def step(
         self,
         plan: Plan,
-        state: PndmState,
+        state: PNDMState,
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,

@@ -1,9 +1,9 @@
-"""The sigma (variance-exploding) view of SD 1.5's schedule, shared by the k-diffusion-style samplers.
+"""The sigma (variance-exploding) view of SD 1.5's schedule, shared by the k-diffusion-style schedulers.
 
 Karras et al. 2022 (arXiv:2206.00364) write the forward process as x_sigma = x_0 + sigma * eps with
 sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t). The UNet was trained on the variance-preserving
 x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps = x_sigma / sqrt(sigma^2 + 1), so a
-sigma-space sampler divides its latents by sqrt(sigma^2 + 1) before every model call and passes the
+sigma-space scheduler divides its latents by sqrt(sigma^2 + 1) before every model call and passes the
 (possibly fractional) train timestep whose sigma that is.
 
 Every array is built with the dtypes diffusers uses (float32 train sigmas, float64 interpolation,
@@ -115,9 +115,9 @@ def model_input(latents: np.ndarray, sigma: float) -> np.ndarray:
 
 
 class SigmaSpace:
-    """start/noised/new_state of samplers whose latents are x_0 + sigma * noise; levels are sigmas.
+    """start/noised/new_state of schedulers whose latents are x_0 + sigma * noise; levels are sigmas.
 
-    `noised(level)` is the known region at the sampler's own level after step level - 1, so masked
+    `noised(level)` is the known region at the scheduler's own level after step level - 1, so masked
     blending puts init latents + sigma * noise back, never the variance-preserving formula of DDIM.
     """
 
