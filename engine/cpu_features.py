@@ -80,7 +80,7 @@ class CpuFeatures:
         choice = fast_backend(self)
         return {
             **self.capabilities(),
-            "openvino_capabilities": list(self.openvino_capabilities) if self.openvino else None,
+            "openvino_capabilities": None if self.openvino_capabilities is None else list(self.openvino_capabilities),
             "fast_backend": choice.backend,
             "fast_precision": choice.precision,
             "fast_reason": choice.reason,

@@ -36,7 +36,7 @@ from outpaint.kernels.ddim_step import (
 )
 
 from .guidance import is_guided, unet_embeddings, unet_sample
-from .loop import StepEvent
+from .loop import KnownRegion, StepEvent
 from .schedulers import Plan, Scheduler
 
 
@@ -80,21 +80,19 @@ def loop_tensors(
     latents: np.ndarray,  # (1, 4, h, w) float32 start latents
     text_embeddings: np.ndarray,  # (2, 77, D) float32: [uncond, cond]
     guidance_scale: float,
-    init_latents: np.ndarray | None,  # (1, 4, h, w): blend when given (4-channel UNet)
-    noise: np.ndarray,  # (1, 4, h, w)
-    mask: np.ndarray,  # (1, 1, h, w)
+    known: KnownRegion | None,  # blend when given (4-channel UNet)
     extra_channels: np.ndarray | None,  # (1, 5, h, w), 9-channel UNet
 ) -> LoopTensors:
     """Everything the device loop uploads, derived exactly as the host loop derives it."""
     guided = is_guided(guidance_scale)
     kernel = StepKernel(
         guided=guided,
-        blend=init_latents is not None,
+        blend=known is not None,
         unet_in_channels=4 if extra_channels is None else 4 + extra_channels.shape[1],
     )
     constants = {LATENTS: latents}
-    if kernel.blend:
-        constants.update({INIT_LATENTS: init_latents, NOISE: noise, MASK: mask})
+    if known is not None:
+        constants.update({INIT_LATENTS: known.init_latents, NOISE: known.noise, MASK: known.mask})
     if extra_channels is not None:
         constants[EXTRA_CHANNELS] = extra_channels
     per_step = [

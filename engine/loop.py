@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .schedulers import Denoiser, Plan, Scheduler
+from .schedulers import Denoiser, NoiseSource, Plan, Scheduler
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,17 @@ def held(latents: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: latents
 
 
+@dataclass(frozen=True)
+class KnownRegion:
+    """What masked blending puts back after every step (4-channel UNet only: the 9-channel one
+    inpaints by itself): the canvas's clean latents re-noised with the request's noise to the
+    scheduler's next level, weighted by 1 - mask."""
+
+    init_latents: np.ndarray  # (1, 4, h, w) float32, VAE mean x scaling factor
+    noise: np.ndarray  # (1, 4, h, w) float32, the request's noise
+    mask: np.ndarray  # (1, 1, h, w) float32 soft latent mask, 1 = regenerate
+
+
 def blend(latents: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Masked latent blending: (1 - m) known + m latents. mask (1, 1, h, w) soft, 1 = regenerate."""
     return ((np.float32(1.0) - mask) * known + mask * latents).astype(np.float32)
@@ -46,19 +57,17 @@ def denoise_loop(
     plan: Plan,
     latents: np.ndarray,  # (1, 4, h, w) float32 start latents
     denoise: Denoiser,
-    rng: np.random.Generator,  # the request's generator, for ancestral schedulers
-    init_latents: np.ndarray | None,  # (1, 4, h, w) clean latents of the canvas; None: no blending
-    noise: np.ndarray,  # (1, 4, h, w) the request's noise, re-applied to init_latents for the blend
-    mask: np.ndarray,  # (1, 1, h, w) soft latent mask, 1 = regenerate
+    rng: NoiseSource,  # the request's generator, for ancestral schedulers
+    known: KnownRegion | None,  # None: no blending
 ) -> Iterator[StepEvent]:
     """Run every step of `plan`; after each, put the known region back at the next noise level."""
     state = scheduler.new_state()
     for index in range(plan.num_steps):
         started = time.perf_counter()
         latents = scheduler.step(plan, state, index, latents, denoise, rng)
-        if init_latents is not None:
-            known = scheduler.noised(plan, index + 1, init_latents, noise)
-            latents = blend(latents, known, mask)
+        if known is not None:
+            renoised = scheduler.noised(plan, index + 1, known.init_latents, known.noise)
+            latents = blend(latents, renoised, known.mask)
         yield StepEvent(
             index=index,
             total=plan.num_steps,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -55,7 +55,7 @@ from .fast_path import (
     windowed_unet,
 )
 from .guidance import UNetFn, guided_denoiser
-from .loop import StepEvent, denoise_loop
+from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SCHEDULERS, NoiseScheduleConfig, get_scheduler
 from .tokenizer import ClipTokenizer
@@ -99,7 +99,7 @@ class Outpainter(Protocol):
 
     def generate(
         self, source: cv.SourceImage | bytes, request: OutpaintRequest, *, noise: np.ndarray | None = None
-    ) -> Iterator[StepEvent | OutpaintResult]: ...
+    ) -> Generator[StepEvent | OutpaintResult, None, None]: ...
 
 
 class OutpaintPipeline:
@@ -239,7 +239,7 @@ class OutpaintPipeline:
         request: OutpaintRequest,
         *,
         noise: np.ndarray | None = None,
-    ) -> Iterator[StepEvent | OutpaintResult]:
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
         """Yield a StepEvent after every denoising step, then the OutpaintResult.
 
         `noise` (1, 4, H/8, W/8) float32 replaces the seeded draw (tests, reproducing other engines).
@@ -262,12 +262,11 @@ class OutpaintPipeline:
         pure_noise = request.strength >= 1.0
         latents = scheduler.start(plan, cond.init_latents, noise, pure_noise)
         # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
-        blend_latents = cond.init_latents if self.unet_in_channels == 4 else None
+        known = KnownRegion(cond.init_latents, noise, cond.latent_mask) if self.unet_in_channels == 4 else None
         if self.device_runtime is not None and device_loop_supports(scheduler):
             events = device_denoise_loop(self.device_runtime, loop_tensors(
                 plan=plan, latents=latents, text_embeddings=cond.text_embeddings,
-                guidance_scale=request.guidance_scale, init_latents=blend_latents, noise=noise,
-                mask=cond.latent_mask, extra_channels=cond.extra_channels,
+                guidance_scale=request.guidance_scale, known=known, extra_channels=cond.extra_channels,
             ), plan)
         else:
             denoise = guided_denoiser(
@@ -275,8 +274,7 @@ class OutpaintPipeline:
                 cond.extra_channels, unguided_timesteps(self.options, plan),
             )
             events = denoise_loop(
-                scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng,
-                init_latents=blend_latents, noise=noise, mask=cond.latent_mask,
+                scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng, known=known,
             )
 
         step_seconds = []

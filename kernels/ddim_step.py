@@ -21,6 +21,7 @@ Formulas, in the order the numpy reference evaluates them (so float32 results ag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -75,6 +76,11 @@ class StepKernel:
         if self.guided:
             names.append(GUIDANCE)
         return tuple(names)
+
+    @overload
+    def input_shapes(self, latent_h: int, latent_w: int) -> dict[str, tuple[int, ...]]: ...
+    @overload
+    def input_shapes(self, latent_h: Dim, latent_w: Dim) -> dict[str, tuple[Dim, ...]]: ...
 
     def input_shapes(self, latent_h: Dim, latent_w: Dim) -> dict[str, tuple[Dim, ...]]:
         """Input shapes for a (latent_h, latent_w) latent grid (ints, or names of symbolic axes)."""

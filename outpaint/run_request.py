@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from outpaint.core.errors import Cancelled
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
@@ -25,12 +26,11 @@ def save_image(image: np.ndarray, path: Path) -> None:
 
 
 def run_with_progress(pipeline: OutpaintPipeline, image_bytes: bytes, request: OutpaintRequest) -> OutpaintResult:
-    result = None
     with tqdm(total=None, unit="step", desc="denoising") as bar:
         for item in pipeline.generate(image_bytes, request):
             if isinstance(item, StepEvent):
                 bar.total = item.total
                 bar.update(1)
             else:
-                result = item
-    return result
+                return item
+    raise Cancelled("the generation ended without a result")

@@ -7,13 +7,17 @@ modules that were exported (same seed, same weights).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from outpaint.engine.request import OutpaintRequest
 
 
 def _has_gpu() -> bool:
@@ -70,6 +74,23 @@ def tiny_pipeline(tiny_model_dir):
     from outpaint.engine.pipeline import OutpaintPipeline
 
     return OutpaintPipeline.load(tiny_model_dir)
+
+
+def run_onnx(graph: Path | bytes, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """One run of an ONNX graph (a file, or serialized bytes) on ONNX Runtime's CPU provider. Its outputs
+    as arrays: ORT's type stubs allow sparse tensors, lists and maps, which our graphs never return."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph),
+                                   providers=["CPUExecutionProvider"])
+    return [np.asarray(out) for out in session.run(outputs, feeds)]
+
+
+def make_request(**overrides: Any) -> OutpaintRequest:
+    """A cheap request on the tiny model: 256x256 canvas, 4 steps, the source at (64, 64)."""
+    base = OutpaintRequest(prompt="a lighthouse", img_width=256, img_height=256, num_inference_steps=4,
+                           offset_x=64, offset_y=64, seed=42)
+    return dataclasses.replace(base, **overrides)
 
 
 def make_png(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:

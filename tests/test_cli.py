@@ -81,7 +81,7 @@ def test_run_fast_changes_only_the_new_area(tiny_model_dir, tmp_path):
     # Without --backend, --fast says which backend and precision it chose for this CPU, and why.
     assert f"--fast: {fast_backend().reason}" in done.stderr
     placed = cv.make_canvas(cv.decode_image(image.read_bytes()), width=256, height=256,
-                            mask_expand=FIELDS["mask_expand"].default)
+                            mask_expand=int(FIELDS["mask_expand"].default))
     new_area = placed.mask > 0
     np.testing.assert_array_equal(outputs[1][~new_area], outputs[0][~new_area])
     assert np.any(outputs[1][new_area] != outputs[0][new_area]), "--fast did not change the generation"

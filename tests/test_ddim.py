@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from outpaint.engine.loop import blend, denoise_loop
+from outpaint.engine.loop import KnownRegion, blend, denoise_loop
 from outpaint.engine.schedulers import SCHEDULERS, NoiseScheduleConfig
 from outpaint.engine.schedulers.ddim import DDIM, ddim_step
 
@@ -30,7 +30,7 @@ def test_strength_too_low_for_steps_is_an_error():
 
 def test_ddim_matches_diffusers_ddim_scheduler_over_a_whole_loop():
     torch = pytest.importorskip("torch")
-    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     reference = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
@@ -51,14 +51,14 @@ def test_ddim_matches_diffusers_ddim_scheduler_over_a_whole_loop():
     for i, t in enumerate(reference.timesteps):
         x = scheduler.step(plan, None, i, x, mock_eps, rng)
         eps_ref = torch.from_numpy(mock_eps(x_ref.numpy(), float(t)))
-        x_ref = reference.step(eps_ref, t, x_ref).prev_sample
+        x_ref = reference.step(eps_ref, int(t), x_ref, return_dict=False)[0]
     error = np.abs(x - x_ref.numpy()).max()
     assert error < 1e-5 * np.abs(x).max(), f"max abs error {error}"
 
 
 def test_noised_matches_diffusers_add_noise():
     torch = pytest.importorskip("torch")
-    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     plan = DDIM().plan(SD15, 5)
@@ -83,7 +83,7 @@ def test_zero_eps_unet_makes_ddim_a_known_scaling_and_blend_restores_known_regio
 
     events = list(denoise_loop(
         scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, True),
-        denoise=lambda x, t: np.zeros_like(x), rng=rng, init_latents=init, noise=noise, mask=mask,
+        denoise=lambda x, t: np.zeros_like(x), rng=rng, known=KnownRegion(init, noise, mask),
     ))
     assert len(events) == 5
     for event in events[:-1]:

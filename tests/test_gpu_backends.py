@@ -26,7 +26,7 @@ from outpaint.engine.backends.registry import BACKENDS
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
-from .conftest import make_png
+from .conftest import make_png, make_request
 
 GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -91,8 +91,8 @@ def test_cuda_helpers_without_cuda_python_name_the_package():
 
 
 def test_cuda_errors_meaning_no_gpu_are_told_apart():
-    assert "no NVIDIA GPU" in cuda.unavailable_reason("cudaErrorNoDevice")
-    assert "driver" in cuda.unavailable_reason("cudaErrorInsufficientDriver")
+    assert "no NVIDIA GPU" in str(cuda.unavailable_reason("cudaErrorNoDevice"))
+    assert "driver" in str(cuda.unavailable_reason("cudaErrorInsufficientDriver"))
     assert cuda.unavailable_reason("cudaErrorMemoryAllocation") is None, "out of memory is not 'no GPU'"
 
 
@@ -109,10 +109,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _request(**overrides) -> OutpaintRequest:
-    fields = dict(prompt="a lighthouse", img_width=256, img_height=256, num_inference_steps=8, offset_x=64,
-                  offset_y=64, seed=42)
-    fields.update(overrides)
-    return OutpaintRequest(**fields)
+    return make_request(**{"num_inference_steps": 8, **overrides})
 
 
 @pytest.fixture(scope="module")

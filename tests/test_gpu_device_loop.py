@@ -12,16 +12,8 @@ from outpaint.core.errors import OutpaintError
 from outpaint.engine.device_loop import DeviceLatents
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
-from outpaint.engine.request import OutpaintRequest
 
-from .conftest import make_png
-
-
-def _request(**overrides) -> OutpaintRequest:
-    fields = dict(prompt="a lighthouse", img_width=256, img_height=256, num_inference_steps=4, offset_x=64,
-                  offset_y=64, seed=42)
-    fields.update(overrides)
-    return OutpaintRequest(**fields)
+from .conftest import make_png, make_request
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +40,20 @@ def _same(host: OutpaintResult, device: OutpaintResult) -> None:
     {"strength": 0.6, "num_inference_steps": 5},  # noised-init start, skipped steps
 ], ids=["guided", "guidance-1", "strength-0.6"])
 def test_device_loop_gives_the_host_loops_image(tiny_pipeline, device_pipeline, source, overrides):
-    request = _request(**overrides)
+    request = make_request(**overrides)
     _same(tiny_pipeline(source, request), device_pipeline(source, request))
 
 
 def test_device_loop_with_explicit_noise_matches(tiny_pipeline, device_pipeline, source):
     noise = np.random.default_rng(9).standard_normal((1, 4, 32, 32), dtype=np.float32)
-    _same(tiny_pipeline(source, _request(), noise=noise), device_pipeline(source, _request(), noise=noise))
+    _same(tiny_pipeline(source, make_request(), noise=noise), device_pipeline(source, make_request(), noise=noise))
 
 
 def test_step_latents_are_readable_while_the_loop_waits_and_match_the_host_loop(tiny_pipeline, device_pipeline,
                                                                                   source):
-    host = [e.latents for e in tiny_pipeline.generate(source, _request()) if isinstance(e, StepEvent)]
+    host = [e.latents for e in tiny_pipeline.generate(source, make_request()) if isinstance(e, StepEvent)]
     device_events = []
-    for item in device_pipeline.generate(source, _request()):
+    for item in device_pipeline.generate(source, make_request()):
         if isinstance(item, StepEvent):
             assert isinstance(item.read_latents, DeviceLatents)  # copied to the host only when read
             if item.index == 1:
@@ -74,11 +66,11 @@ def test_step_latents_are_readable_while_the_loop_waits_and_match_the_host_loop(
 
 
 def test_stopping_the_device_loop_early_frees_it_and_the_pipeline_still_works(device_pipeline, tiny_pipeline, source):
-    generator = device_pipeline.generate(source, _request(num_inference_steps=6))
+    generator = device_pipeline.generate(source, make_request(num_inference_steps=6))
     steps = [next(generator) for _ in range(2)]
     generator.close()
     assert [s.index for s in steps] == [0, 1]
-    _same(tiny_pipeline(source, _request()), device_pipeline(source, _request()))
+    _same(tiny_pipeline(source, make_request()), device_pipeline(source, make_request()))
 
 
 def test_cpu_backend_keeps_the_host_loop_unless_asked(tiny_pipeline, tiny_model_dir):
@@ -87,6 +79,6 @@ def test_cpu_backend_keeps_the_host_loop_unless_asked(tiny_pipeline, tiny_model_
 
 
 def test_device_loop_conditions_a_nine_channel_unet_like_the_host_loop(tiny_inpainting_model_dir, source):
-    host = OutpaintPipeline.load(tiny_inpainting_model_dir)(source, _request())
-    device = OutpaintPipeline.load(tiny_inpainting_model_dir, device_loop=True)(source, _request())
+    host = OutpaintPipeline.load(tiny_inpainting_model_dir)(source, make_request())
+    device = OutpaintPipeline.load(tiny_inpainting_model_dir, device_loop=True)(source, make_request())
     _same(host, device)

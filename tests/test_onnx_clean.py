@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from outpaint.core.graphs import canvas_dims, graph_specs
 from outpaint.core.manifest import Manifest
 from outpaint.export.onnx_clean import clean_onnx
+
+from .conftest import run_onnx
 
 pytest.importorskip("polygraphy")
 pytest.importorskip("onnx_graphsurgeon")
@@ -24,11 +25,6 @@ def cleaned(tiny_model_dir, tmp_path_factory):
     return out, reports
 
 
-def _run(path, feeds):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_cleaned_graph_gives_the_exported_graphs_outputs(tiny_model_dir, cleaned, graph):
     out, _ = cleaned
@@ -36,8 +32,8 @@ def test_cleaned_graph_gives_the_exported_graphs_outputs(tiny_model_dir, cleaned
     spec = {s.name: s for s in graph_specs(manifest.unet_in_channels, manifest.text_hidden_size)}[graph]
     # Another canvas than the trace's and batch 2: folding must not have frozen a dynamic axis.
     feeds = spec.sample_inputs({**canvas_dims(1, 192, 128), "2B": 2, "vocab": 1000}, seed=3)
-    before = _run(tiny_model_dir / graph / "model.onnx", feeds)
-    after = _run(out / graph / "model.onnx", feeds)
+    before = run_onnx(tiny_model_dir / graph / "model.onnx", feeds)
+    after = run_onnx(out / graph / "model.onnx", feeds)
     for b, a in zip(before, after, strict=True):
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()

@@ -9,6 +9,7 @@ here returns the mean, as pipeline.md step 4 prescribes.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +40,9 @@ def _mean_only_vae(vae):
 
 @pytest.mark.parametrize("guidance", [7.5, 1.0])
 def test_engine_matches_diffusers_inpaint_pipeline(tiny_components, tiny_pipeline, guidance):
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import StableDiffusionInpaintPipeline
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTokenizer
 
     width, height, steps = 256, 192, 5
@@ -62,20 +65,24 @@ def test_engine_matches_diffusers_inpaint_pipeline(tiny_components, tiny_pipelin
         text_encoder=tiny_components.text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(str(tiny_components.tokenizer_dir)),
         unet=tiny_components.unet,
-        scheduler=DDIMScheduler.from_config(tiny_components.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
+        # diffusers annotates these as an enum of scheduler names and as required; it takes an instance and None.
+        scheduler=DDIMScheduler.from_config(tiny_components.scheduler_config),  # pyright: ignore[reportArgumentType]
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         prompt=request.prompt, negative_prompt=request.negative_prompt, image=Image.fromarray(infilled),
         mask_image=Image.fromarray((canvas.mask * 255).astype(np.uint8)), height=height, width=width,
         num_inference_steps=steps, guidance_scale=guidance, strength=1.0, latents=torch.from_numpy(noise),
     )
     with torch.no_grad():
-        ref_latents = pipe(**kwargs, output_type="latent").images.numpy()
-        ref_image = pipe(**kwargs, output_type="np").images[0]  # (H, W, 3) float in [0, 1]
+        latent_out, image_out = pipe(**kwargs, output_type="latent"), pipe(**kwargs, output_type="np")
+    assert isinstance(latent_out, StableDiffusionPipelineOutput)
+    assert isinstance(image_out, StableDiffusionPipelineOutput)
+    ref_latents = np.asarray(latent_out.images)
+    ref_image = np.asarray(image_out.images)[0]  # (H, W, 3) float in [0, 1]
 
     latent_error = np.abs(ours.latents - ref_latents).max() / np.abs(ref_latents).max()
     print(f"max relative latent error vs diffusers: {latent_error:.3g}")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from outpaint.core.errors import InvalidRequest
-from outpaint.engine.loop import denoise_loop
+from outpaint.engine.loop import KnownRegion, denoise_loop
 from outpaint.engine.request import OutpaintRequest
 from outpaint.engine.schedulers import API_SCHEDULER_NAMES, SCHEDULERS, NoiseScheduleConfig, get_scheduler
 from outpaint.export.random_models import SD15_SCHEDULER_CONFIG
@@ -152,7 +152,7 @@ def _run_ours(name, steps, strength, noise, init, mask=None, rng=None, config=SD
     latents = scheduler.start(plan, init, noise, strength >= 1.0)
     events = list(denoise_loop(
         scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng or TwinTorchRng(5),
-        init_latents=None if mask is None else init, noise=noise, mask=mask,
+        known=None if mask is None else KnownRegion(init, noise, mask),
     ))
     assert [e.index for e in events] == list(range(plan.num_steps))
     return events[-1].latents, calls
@@ -342,7 +342,7 @@ def test_known_region_is_the_init_latents_noised_to_each_level(name):
         plan = scheduler.plan(SD15, 6, strength)
         events = list(denoise_loop(
             scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, strength >= 1.0),
-            denoise=mock_eps, rng=np.random.default_rng(1), init_latents=init, noise=noise, mask=mask,
+            denoise=mock_eps, rng=np.random.default_rng(1), known=KnownRegion(init, noise, mask),
         ))
         for event in events:
             expected = scheduler.noised(plan, event.index + 1, init, noise)
@@ -363,7 +363,7 @@ def test_same_seed_same_result(name):
         plan = scheduler.plan(SD15, 5, 1.0)
         *_, last = denoise_loop(
             scheduler=scheduler, plan=plan, latents=scheduler.start(plan, init, noise, True), denoise=mock_eps,
-            rng=np.random.default_rng(seed), init_latents=init, noise=noise, mask=mask,
+            rng=np.random.default_rng(seed), known=KnownRegion(init, noise, mask),
         )
         return last.latents
 

@@ -22,14 +22,16 @@ from pathlib import Path
 
 import pytest
 
-requests = pytest.importorskip("requests")
+pytest.importorskip("requests")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from outpaint.server.credits import CreditStore  # noqa: E402
-from outpaint.server.process import ServerProcess, start_server  # noqa: E402
+import requests
 
-from .conftest import make_png  # noqa: E402
+from outpaint.server.credits import CreditStore
+from outpaint.server.process import ServerProcess, start_server
+
+from .conftest import make_png
 
 ROUTE = "/v1/sd1.5-outpaint"
 TIMEOUT = 120  # seconds: any single HTTP call; the generations here take about a second

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from outpaint.core.errors import InvalidRequest
 
-from .base import Denoiser, Plan, Scheduler
+from .base import Denoiser, NoiseSource, Plan, Scheduler
 from .config import NoiseScheduleConfig
 from .ddim import DDIM
 from .ddpm import DDPM
@@ -42,4 +42,7 @@ def get_scheduler(name: str) -> Scheduler:
         ) from None
 
 
-__all__ = ["API_SCHEDULER_NAMES", "SCHEDULERS", "Denoiser", "NoiseScheduleConfig", "Plan", "Scheduler", "get_scheduler"]
+__all__ = [
+    "API_SCHEDULER_NAMES", "SCHEDULERS", "Denoiser", "NoiseScheduleConfig", "NoiseSource", "Plan", "Scheduler",
+    "get_scheduler",
+]

@@ -21,6 +21,13 @@ from .config import NoiseScheduleConfig
 Denoiser = Callable[[np.ndarray, float], np.ndarray]
 
 
+class NoiseSource(Protocol):
+    """Where ancestral schedulers draw fresh noise: the request's numpy Generator (the scheduler
+    tests substitute one that draws what torch's generator draws, to match diffusers)."""
+
+    def standard_normal(self, size: tuple[int, ...], dtype: type[np.float32]) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Plan:
     """One request's schedule. `timesteps[i]` is the model timestep of step i; `levels` are the
@@ -39,7 +46,7 @@ class Scheduler(Protocol):
     name: str  # the API's name ("DDIM")
     reference: str  # the diffusers class it corresponds to
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float) -> Plan: ...
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan: ...
 
     def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         """Latents before the first step: pure noise at the first level, or the init latents noised to it."""
@@ -58,7 +65,7 @@ class Scheduler(Protocol):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         """Latents at level index + 1, calling `denoise` as often as the method needs."""
         ...

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .alphas import AlphaSpace, alpha_plan
-from .base import Denoiser, Plan, spaced_timesteps, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, spaced_timesteps, steps_to_skip
 from .config import NoiseScheduleConfig
 
 
@@ -41,7 +41,7 @@ class DDIM(AlphaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         eps = denoise(latents, float(plan.timesteps[index]))
         return ddim_step(latents, eps, plan.extra["alpha_t"][index], plan.extra["alpha_prev"][index])

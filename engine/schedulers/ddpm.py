@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .alphas import AlphaSpace, alpha_plan
-from .base import Denoiser, Plan, spaced_timesteps, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, spaced_timesteps, steps_to_skip
 from .config import NoiseScheduleConfig
 
 MIN_VARIANCE = 1e-20  # diffusers clamps beta-tilde here (it is 0 on the last step)
@@ -58,7 +58,7 @@ class DDPM(AlphaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         timestep = plan.timesteps[index]
         alpha_t = plan.extra["alpha_t"][index]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .dpm_common import (
     DPMSpace,
@@ -88,7 +88,7 @@ class DPMSolverSinglestep(DPMSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         extra = plan.extra
         eps = denoise(latents, float(plan.timesteps[index]))

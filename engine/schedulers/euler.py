@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
 
@@ -34,7 +34,7 @@ class Euler(SigmaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma, sigma_next = plan.levels[index], plan.levels[index + 1]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))

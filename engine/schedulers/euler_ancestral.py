@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .euler import derivative_at
 from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
@@ -43,7 +43,7 @@ class EulerAncestral(SigmaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma = plan.levels[index]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan
+from .base import Denoiser, NoiseSource, Plan
 from .euler import Euler, derivative_at
 from .sigmas import model_input
 
@@ -35,7 +35,7 @@ class Heun(Euler):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma, sigma_next = plan.levels[index], plan.levels[index + 1]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))

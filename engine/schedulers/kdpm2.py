@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .euler import derivative_at
 from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule, sigma_to_timestep, train_sigmas
@@ -56,7 +56,7 @@ class KDPM2(SigmaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma, sigma_next = plan.levels[index], plan.levels[index + 1]
         sigma_mid = plan.extra["sigma_mid"][index]

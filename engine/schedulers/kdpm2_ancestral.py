@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .euler import derivative_at
 from .euler_ancestral import ancestral_split
@@ -44,7 +44,7 @@ class KDPM2Ancestral(SigmaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma = plan.levels[index]
         sigma_mid = plan.extra["sigma_mid"][index]

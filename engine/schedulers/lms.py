@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .base import Denoiser, Plan, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .euler import derivative_at
 from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
@@ -75,7 +75,7 @@ class LMS(SigmaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         sigma = plan.levels[index]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .alphas import AlphaSpace, alpha_plan
-from .base import Denoiser, Plan, spaced_timesteps, steps_to_skip
+from .base import Denoiser, NoiseSource, Plan, spaced_timesteps, steps_to_skip
 from .config import NoiseScheduleConfig
 
 
@@ -79,7 +79,7 @@ class PNDM(AlphaSpace):
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
-        rng: np.random.Generator,
+        rng: NoiseSource,
     ) -> np.ndarray:
         alpha_t, alpha_prev = plan.extra["alpha_t"][index], plan.extra["alpha_prev"][index]
         eps = denoise(latents, float(plan.timesteps[index]))
