@@ -26,18 +26,22 @@ import numpy as np
 from outpaint.core.errors import OutpaintError
 from outpaint.core.graphs import TIMESTEP
 from outpaint.kernels.ddim_step import (
+    ALPHA_NEXT,
+    ALPHA_PREV,
+    ALPHA_T,
     EXTRA_CHANNELS,
+    GUIDANCE,
     INIT_LATENTS,
     LATENTS,
     MASK,
     NOISE,
     StepKernel,
-    plan_scalars,
 )
 
 from .guidance import is_guided, unet_embeddings, unet_sample
 from .loop import KnownRegion, StepEvent
 from .schedulers import Plan, Scheduler
+from .schedulers.alphas import AlphaSteps
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,22 @@ class DeviceRuntime(Protocol):
 def supports(scheduler: Scheduler) -> bool:
     """The kernel implements DDIM's update; other schedulers run the host loop."""
     return scheduler.name == "DDIM"
+
+
+def plan_scalars(plan: Plan[AlphaSteps], index: int, guidance_scale: float, kernel: StepKernel,
+                 ) -> dict[str, np.ndarray]:
+    """The (1,) float32 scalar inputs of step `index` of a DDIM `plan`, only those `kernel` takes.
+
+    alpha_next is the plan's level after the step (1.0 after the last), the level DDIM.noised
+    re-noises the init latents to for the blend.
+    """
+    values = {
+        ALPHA_T: plan.coefficients.alpha_t[index],
+        ALPHA_PREV: plan.coefficients.alpha_prev[index],
+        ALPHA_NEXT: plan.levels[index + 1],
+        GUIDANCE: guidance_scale,
+    }
+    return {name: np.array([values[name]], dtype=np.float32) for name in kernel.input_names() if name in values}
 
 
 def loop_tensors(

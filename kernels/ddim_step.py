@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import overload
 
-import numpy as np
-
 from outpaint.core.graphs import GraphSpec, TensorSpec
 
 Dim = int | str
@@ -178,18 +176,3 @@ def build_step_graph(kernel: StepKernel):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="outpaint")
     model.ir_version = IR_VERSION
     return model
-
-
-def plan_scalars(plan, index: int, guidance_scale: float, kernel: StepKernel) -> dict[str, np.ndarray]:
-    """The (1,) float32 scalar inputs of step `index` of a DDIM `plan`, only those `kernel` takes.
-
-    alpha_next is the plan's level after the step (1.0 after the last), the level DDIM.noised
-    re-noises the init latents to for the blend.
-    """
-    values = {
-        ALPHA_T: plan.extra["alpha_t"][index],
-        ALPHA_PREV: plan.extra["alpha_prev"][index],
-        ALPHA_NEXT: plan.levels[index + 1],
-        GUIDANCE: guidance_scale,
-    }
-    return {name: np.array([values[name]], dtype=np.float32) for name in kernel.input_names() if name in values}

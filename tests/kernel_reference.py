@@ -11,12 +11,13 @@ import numpy as np
 
 from outpaint.engine.guidance import combine, unet_sample
 from outpaint.engine.loop import blend
+from outpaint.engine.schedulers.alphas import AlphaSteps
 from outpaint.engine.schedulers.base import Plan
 from outpaint.engine.schedulers.ddim import DDIM, ddim_step
 
 
 def reference_step(
-    plan: Plan,
+    plan: Plan[AlphaSteps],
     index: int,
     eps: np.ndarray,  # (N, 4, h, w) float32: N = 2 [uncond, cond] guided, 1 unguided
     latents: np.ndarray,  # (1, 4, h, w) float32
@@ -28,8 +29,8 @@ def reference_step(
     extra_channels: np.ndarray | None = None,  # (1, 5, h, w), 9-channel UNet
 ) -> tuple[np.ndarray, np.ndarray]:
     """(latents after step `index` and the blend, the next UNet `sample` batch)."""
-    stepped = ddim_step(latents, combine(eps, guidance_scale), plan.extra["alpha_t"][index],
-                        plan.extra["alpha_prev"][index])
+    steps = plan.coefficients
+    stepped = ddim_step(latents, combine(eps, guidance_scale), steps.alpha_t[index], steps.alpha_prev[index])
     if init_latents is not None:
         assert noise is not None and mask is not None, "the blend needs the request's noise and mask"
         stepped = blend(stepped, DDIM().noised(plan, index + 1, init_latents, noise), mask)

@@ -91,7 +91,7 @@ def test_zero_eps_unet_makes_ddim_a_known_scaling_and_blend_restores_known_regio
         np.testing.assert_array_equal(event.latents[..., :3], expected_known[..., :3])
     final = events[-1].latents
     np.testing.assert_array_equal(final[..., :3], init[..., :3])
-    alpha_first, alpha_final = plan.extra["alpha_t"][0], plan.extra["alpha_prev"][-1]
+    alpha_first, alpha_final = plan.coefficients.alpha_t[0], plan.coefficients.alpha_prev[-1]
     expected_new = noise * np.sqrt(alpha_final / alpha_first)
     np.testing.assert_allclose(final[..., 3:], expected_new[..., 3:], rtol=1e-5)
 
@@ -103,8 +103,8 @@ def test_ddim_step_with_exact_eps_recovers_clean_latents_at_the_end():
     clean, noise = rng.standard_normal((2, 1, 4, 4, 4), dtype=np.float32)
     x = DDIM().noised(plan, 0, clean, noise)
     for i in range(plan.num_steps):
-        x = ddim_step(x, noise, plan.extra["alpha_t"][i], plan.extra["alpha_prev"][i])
-    alpha_0 = plan.extra["alpha_prev"][-1]
+        x = ddim_step(x, noise, plan.coefficients.alpha_t[i], plan.coefficients.alpha_prev[i])
+    alpha_0 = plan.coefficients.alpha_prev[-1]
     np.testing.assert_allclose(x, np.sqrt(alpha_0) * clean + np.sqrt(1 - alpha_0) * noise, atol=1e-5)
 
 

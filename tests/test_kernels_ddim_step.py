@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from outpaint.engine.device_loop import plan_scalars
 from outpaint.engine.schedulers import NoiseScheduleConfig, get_scheduler
 from outpaint.kernels.ddim_step import (
     ALPHA_NEXT,
@@ -17,7 +18,6 @@ from outpaint.kernels.ddim_step import (
     UNET_SAMPLE_NEXT,
     StepKernel,
     build_step_graph,
-    plan_scalars,
 )
 
 from .kernel_reference import reference_step

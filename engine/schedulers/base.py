@@ -7,15 +7,19 @@ is shared between requests, so one loaded pipeline can serve concurrent calls.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from outpaint.core.errors import InvalidRequest
 
 from .config import NoiseScheduleConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # eps = denoise(model_input, timestep): the guided noise prediction for a model-ready input.
 Denoiser = Callable[[np.ndarray, float], np.ndarray]
@@ -28,14 +32,21 @@ class NoiseSource(Protocol):
     def standard_normal(self, size: tuple[int, ...], dtype: type[np.float32]) -> np.ndarray: ...
 
 
+C = TypeVar("C", bound="DataclassInstance | None")
+UNIT_NOISE = np.float32(1.0)  # the start spread of alpha-space and DPM schedules
+C_co = TypeVar("C_co", bound="DataclassInstance | None", covariant=True)
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(Generic[C_co]):
     """One request's schedule. `timesteps[i]` is the model timestep of step i; `levels` are the
     scheduler's own noise levels, one more than the steps (the last one is clean)."""
 
     timesteps: np.ndarray  # (n,) float32, model timesteps in running order
     levels: np.ndarray  # (n + 1,) float32, the scheduler's noise coordinate before each step, then after
-    extra: dict[str, Any]  # scheduler-specific arrays (alphas, sigmas, ...)
+    # The scheduler's own per-step arrays, typed per scheduler family (e.g. ddim.AlphaSteps); None if none.
+    coefficients: C_co
+    init_noise_sigma: np.float32 = UNIT_NOISE  # the spread of pure-noise start latents
 
     @property
     def num_steps(self) -> int:
@@ -46,13 +57,13 @@ class Scheduler(Protocol):
     name: str  # the API's name ("DDIM")
     reference: str  # the diffusers class it corresponds to
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan: ...
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[Any]: ...
 
-    def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
+    def start(self, plan: Plan[Any], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         """Latents before the first step: pure noise at the first level, or the init latents noised to it."""
         ...
 
-    def noised(self, plan: Plan, level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def noised(self, plan: Plan[Any], level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """`clean` latents noised with `noise` to level `level` (level == num_steps returns `clean`)."""
         ...
 
@@ -60,7 +71,7 @@ class Scheduler(Protocol):
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[Any],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -69,6 +80,14 @@ class Scheduler(Protocol):
     ) -> np.ndarray:
         """Latents at level index + 1, calling `denoise` as often as the method needs."""
         ...
+
+
+def cut(coefficients: C, skip: int) -> C:
+    """`coefficients` without the first `skip` entries of every array field: the steps strength < 1 skips."""
+    if coefficients is None:
+        return coefficients
+    arrays = {f.name: getattr(coefficients, f.name) for f in dataclasses.fields(coefficients)}
+    return dataclasses.replace(coefficients, **{k: v[skip:] for k, v in arrays.items() if isinstance(v, np.ndarray)})
 
 
 def steps_to_skip(config: NoiseScheduleConfig, num_inference_steps: int, strength: float) -> int:

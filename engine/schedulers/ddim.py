@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .alphas import AlphaSpace, alpha_plan
+from .alphas import AlphaSpace, AlphaSteps, alpha_plan
 from .base import Denoiser, NoiseSource, Plan, spaced_timesteps, steps_to_skip
 from .config import NoiseScheduleConfig
 
@@ -22,7 +22,7 @@ class DDIM(AlphaSpace):
     name = "DDIM"
     reference = "diffusers.DDIMScheduler (eta=0)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[AlphaSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         alphas_cumprod = config.alphas_cumprod()
         final_alpha = np.float32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
@@ -32,11 +32,11 @@ class DDIM(AlphaSpace):
         alpha_t = alphas_cumprod[timesteps]
         alpha_prev = np.where(prev >= 0, alphas_cumprod[np.maximum(prev, 0)], final_alpha).astype(np.float32)
         # Level i is alpha-bar before step i; the last level is "clean" (alpha 1 for blending).
-        return alpha_plan(timesteps, alpha_t, skip, alpha_prev=alpha_prev)
+        return alpha_plan(timesteps, alpha_t, skip, AlphaSteps(alpha_t.astype(np.float32), alpha_prev))
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[AlphaSteps],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -44,7 +44,8 @@ class DDIM(AlphaSpace):
         rng: NoiseSource,
     ) -> np.ndarray:
         eps = denoise(latents, float(plan.timesteps[index]))
-        return ddim_step(latents, eps, plan.extra["alpha_t"][index], plan.extra["alpha_prev"][index])
+        steps = plan.coefficients
+        return ddim_step(latents, eps, steps.alpha_t[index], steps.alpha_prev[index])
 
 
 def ddim_step(latents: np.ndarray, eps: np.ndarray, alpha_t: np.float32, alpha_prev: np.float32) -> np.ndarray:

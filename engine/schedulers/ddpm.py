@@ -13,6 +13,7 @@ Legend, code name -> paper symbol:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,36 +25,48 @@ from .config import NoiseScheduleConfig
 MIN_VARIANCE = 1e-20  # diffusers clamps beta-tilde here (it is 0 on the last step)
 
 
-def posterior_coefficients(alpha_t: np.ndarray, alpha_prev: np.ndarray) -> dict[str, np.ndarray]:
-    """float32 per-step coefficients of eq. (7): mean = c_x0 x0_pred + c_xt x_t, and the std deviation."""
+@dataclass(frozen=True)
+class PosteriorSteps:
+    """Per-step (n,) float32 coefficients of eq. (7): mean = coeff_x0 x0_pred + coeff_xt x_t, and std."""
+
+    alpha_t: np.ndarray
+    coeff_x0: np.ndarray
+    coeff_xt: np.ndarray
+    std: np.ndarray
+
+
+def posterior_coefficients(alpha_t: np.ndarray, alpha_prev: np.ndarray) -> PosteriorSteps:
     one = np.float32(1.0)
     beta_t, beta_prev = one - alpha_t, one - alpha_prev
     current_alpha = alpha_t / alpha_prev
     current_beta = one - current_alpha
     variance = np.maximum(beta_prev / beta_t * current_beta, np.float32(MIN_VARIANCE))
-    return {
-        "coeff_x0": (np.sqrt(alpha_prev) * current_beta / beta_t).astype(np.float32),
-        "coeff_xt": (np.sqrt(current_alpha) * beta_prev / beta_t).astype(np.float32),
-        "std": np.sqrt(variance).astype(np.float32),
-    }
+    return PosteriorSteps(
+        alpha_t=alpha_t.astype(np.float32),
+        coeff_x0=(np.sqrt(alpha_prev) * current_beta / beta_t).astype(np.float32),
+        coeff_xt=(np.sqrt(current_alpha) * beta_prev / beta_t).astype(np.float32),
+        std=np.sqrt(variance).astype(np.float32),
+    )
 
 
 class DDPM(AlphaSpace):
     name = "DDPM"
     reference = "diffusers.DDPMScheduler (variance_type fixed_small, clip_sample False)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(
+        self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0
+    ) -> Plan[PosteriorSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         alphas_cumprod = config.alphas_cumprod()
         timesteps = spaced_timesteps(config, num_inference_steps)
         alpha_t = alphas_cumprod[timesteps]
         # diffusers' DDPM steps to the next timestep of the schedule, and to alpha-bar = 1 after the last.
         alpha_prev = np.concatenate([alpha_t[1:], [np.float32(1.0)]]).astype(np.float32)
-        return alpha_plan(timesteps, alpha_t, skip, **posterior_coefficients(alpha_t, alpha_prev))
+        return alpha_plan(timesteps, alpha_t, skip, posterior_coefficients(alpha_t, alpha_prev))
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[PosteriorSteps],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -61,11 +74,12 @@ class DDPM(AlphaSpace):
         rng: NoiseSource,
     ) -> np.ndarray:
         timestep = plan.timesteps[index]
-        alpha_t = plan.extra["alpha_t"][index]
+        steps = plan.coefficients
+        alpha_t = steps.alpha_t[index]
         eps = denoise(latents, float(timestep))
         x0_pred = (latents - np.sqrt(np.float32(1.0) - alpha_t) * eps) / np.sqrt(alpha_t)  # eq. (15)
-        mean = plan.extra["coeff_x0"][index] * x0_pred + plan.extra["coeff_xt"][index] * latents
+        mean = steps.coeff_x0[index] * x0_pred + steps.coeff_xt[index] * latents
         if timestep <= 0:
             return mean.astype(np.float32)  # x_0 is returned without noise (Algorithm 2, z = 0 at t = 1)
         fresh = rng.standard_normal(latents.shape, dtype=np.float32)
-        return (mean + plan.extra["std"][index] * fresh).astype(np.float32)
+        return (mean + steps.std[index] * fresh).astype(np.float32)

@@ -9,9 +9,11 @@ are that s, ending in 0 (lambda = +inf: the last step returns the data predictio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .base import Plan
+from .base import C, Plan, cut
 from .config import NoiseScheduleConfig
 from .sigmas import interpolated_sigmas
 
@@ -58,18 +60,26 @@ def half_log_snr(sigmas: np.ndarray) -> np.ndarray:
         return -np.log(np.asarray(sigmas, np.float64))
 
 
+@dataclass(frozen=True)
+class VPLevels:
+    """The variance-preserving coefficients at each level: x = alpha x_0 + sigma_vp eps."""
+
+    alpha: np.ndarray  # (n + 1,) float32
+    sigma_vp: np.ndarray  # (n + 1,) float32
+
+
 class DPMSpace:
     """start/noised of the DPM-Solver++ schedulers: alpha_t x_0 + sigma_t eps at the plan's VE sigma."""
 
-    def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
+    def start(self, plan: Plan[VPLevels], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:
             return noise.astype(np.float32, copy=True)  # init_noise_sigma is 1
         return self.noised(plan, 0, init_latents, noise)
 
-    def noised(self, plan: Plan, level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def noised(self, plan: Plan[VPLevels], level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if level >= plan.num_steps:
             return clean
-        alpha, sigma = plan.extra["alpha"][level], plan.extra["sigma_vp"][level]
+        alpha, sigma = plan.coefficients.alpha[level], plan.coefficients.sigma_vp[level]
         return (alpha * clean + sigma * noise).astype(np.float32)
 
 
@@ -78,7 +88,7 @@ def data_prediction(latents: np.ndarray, eps: np.ndarray, alpha: np.float32, sig
     return ((latents - sigma * eps) / alpha).astype(np.float32)
 
 
-def vp_plan(timesteps: np.ndarray, sigmas: np.ndarray, extra: dict[str, np.ndarray], skip: int) -> Plan:
+def vp_plan(timesteps: np.ndarray, sigmas: np.ndarray, coefficients: C, skip: int) -> Plan[C]:
     """The plan of a DPM-Solver++ schedule with `strength`'s first `skip` steps cut off.
 
     Coefficients need the sigma before each step, so callers compute them on the full schedule.
@@ -86,5 +96,5 @@ def vp_plan(timesteps: np.ndarray, sigmas: np.ndarray, extra: dict[str, np.ndarr
     return Plan(
         timesteps=timesteps[skip:].astype(np.float32),
         levels=sigmas[skip:],
-        extra={key: value[skip:] for key, value in extra.items()},
+        coefficients=cut(coefficients, skip),
     )

@@ -22,6 +22,7 @@ from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .dpm_common import (
     DPMSpace,
+    VPLevels,
     alpha_sigma,
     data_prediction,
     half_log_snr,
@@ -36,7 +37,16 @@ class MultistepState:
     previous_x0: np.ndarray | None = None  # the data prediction of the previous step of this request
 
 
-def multistep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class MultistepSteps(VPLevels):
+    """Per-step (n,) float32 scalars of DPM-Solver++ 2M's update."""
+
+    ratio: np.ndarray  # sigma_{i+1} / sigma_i
+    phi: np.ndarray  # alpha_{i+1} (e^{-h} - 1)
+    inverse_r: np.ndarray  # h_i / h_{i-1}
+
+
+def multistep_coefficients(sigmas: np.ndarray) -> MultistepSteps:
     """float32 per-step scalars of the updates from sigma_i to sigma_{i+1}; `sigmas` (n + 1,) end in 0."""
     alpha, sigma_vp = alpha_sigma(sigmas)
     lam = half_log_snr(sigmas)
@@ -46,45 +56,44 @@ def multistep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
         ratio = sigma_vp[1:].astype(np.float64) / sigma_vp[:-1]
         phi = alpha[1:].astype(np.float64) * np.expm1(-h)
         inverse_r = h / h_prev
-    return {
-        "alpha": alpha, "sigma_vp": sigma_vp,
-        "ratio": ratio.astype(np.float32), "phi": phi.astype(np.float32), "inverse_r": inverse_r.astype(np.float32),
-    }
+    return MultistepSteps(alpha, sigma_vp, ratio.astype(np.float32), phi.astype(np.float32),
+                          inverse_r.astype(np.float32))
 
 
 class DPMSolverMultistep(DPMSpace):
     name = "DPM Multi"
     reference = "diffusers.DPMSolverMultistepScheduler (DPM-Solver++ 2M)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(
+        self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0
+    ) -> Plan[MultistepSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps = multistep_timesteps(config, num_inference_steps)
         sigmas = vp_sigmas(config, timesteps)
         # A step's coefficients need the sigma before it, so they come from the full schedule, then sliced.
-        extra = multistep_coefficients(sigmas)
-        return vp_plan(timesteps, sigmas, extra, skip)
+        return vp_plan(timesteps, sigmas, multistep_coefficients(sigmas), skip)
 
     def new_state(self) -> MultistepState:
         return MultistepState()
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[MultistepSteps],
         state: MultistepState,
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
         rng: NoiseSource,
     ) -> np.ndarray:
-        extra = plan.extra
+        steps = plan.coefficients
         eps = denoise(latents, float(plan.timesteps[index]))
-        x0_pred = data_prediction(latents, eps, extra["alpha"][index], extra["sigma_vp"][index])
+        x0_pred = data_prediction(latents, eps, steps.alpha[index], steps.sigma_vp[index])
         previous_x0, state.previous_x0 = state.previous_x0, x0_pred
         if plan.levels[index + 1] == 0:
             return x0_pred  # lambda = +inf: e^{-h} = 0 and sigma_{i+1} = 0 leave the data prediction
-        ratio, phi = extra["ratio"][index], extra["phi"][index]
+        ratio, phi = steps.ratio[index], steps.phi[index]
         first_order = ratio * latents - phi * x0_pred
         if previous_x0 is None:
             return first_order.astype(np.float32)
-        d1 = extra["inverse_r"][index] * (x0_pred - previous_x0)
+        d1 = steps.inverse_r[index] * (x0_pred - previous_x0)
         return (first_order - (np.float32(0.5) * phi) * d1).astype(np.float32)

@@ -23,6 +23,7 @@ from .base import Denoiser, NoiseSource, Plan, steps_to_skip
 from .config import NoiseScheduleConfig
 from .dpm_common import (
     DPMSpace,
+    VPLevels,
     alpha_sigma,
     data_prediction,
     half_log_snr,
@@ -48,7 +49,20 @@ def singlestep_orders(num_inference_steps: int) -> np.ndarray:
     return np.array(orders, np.int64)
 
 
-def singlestep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class SinglestepSteps(VPLevels):
+    """Per-step (n,) float32 scalars of DPM-Solver++ 2S's first- and second-order updates, and each
+    step's order (int64)."""
+
+    ratio1: np.ndarray
+    phi1: np.ndarray
+    ratio2: np.ndarray
+    phi2: np.ndarray
+    inverse_r: np.ndarray
+    orders: np.ndarray
+
+
+def singlestep_coefficients(sigmas: np.ndarray, orders: np.ndarray) -> SinglestepSteps:
     """float32 per-step scalars; `sigmas` (n + 1,) end in 0. First order covers [sigma_i, sigma_{i+1}],
     second order [sigma_{i-1}, sigma_{i+1}] with sigma_i as the intermediate point."""
     alpha, sigma_vp = alpha_sigma(sigmas)
@@ -63,45 +77,47 @@ def singlestep_coefficients(sigmas: np.ndarray) -> dict[str, np.ndarray]:
         ratio2 = sigma_vp[1:].astype(np.float64) / sigma_before
         phi2 = alpha[1:].astype(np.float64) * np.expm1(-h2)
         inverse_r = h2 / (lam[:-1] - lam_before)
-    scalars = {"ratio1": ratio1, "phi1": phi1, "ratio2": ratio2, "phi2": phi2, "inverse_r": inverse_r}
-    return {"alpha": alpha, "sigma_vp": sigma_vp, **{k: v.astype(np.float32) for k, v in scalars.items()}}
+    scalars = (v.astype(np.float32) for v in (ratio1, phi1, ratio2, phi2, inverse_r))
+    return SinglestepSteps(alpha, sigma_vp, *scalars, orders=orders)
 
 
 class DPMSolverSinglestep(DPMSpace):
     name = "DPM Single"
     reference = "diffusers.DPMSolverSinglestepScheduler (DPM-Solver++ 2S)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(
+        self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0
+    ) -> Plan[SinglestepSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps = singlestep_timesteps(config, num_inference_steps)
         sigmas = vp_sigmas(config, timesteps)
-        extra = {**singlestep_coefficients(sigmas), "orders": singlestep_orders(num_inference_steps)}
-        return vp_plan(timesteps, sigmas, extra, skip)
+        coefficients = singlestep_coefficients(sigmas, singlestep_orders(num_inference_steps))
+        return vp_plan(timesteps, sigmas, coefficients, skip)
 
     def new_state(self) -> SinglestepState:
         return SinglestepState()
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[SinglestepSteps],
         state: SinglestepState,
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
         rng: NoiseSource,
     ) -> np.ndarray:
-        extra = plan.extra
+        steps = plan.coefficients
         eps = denoise(latents, float(plan.timesteps[index]))
-        x0_pred = data_prediction(latents, eps, extra["alpha"][index], extra["sigma_vp"][index])
+        x0_pred = data_prediction(latents, eps, steps.alpha[index], steps.sigma_vp[index])
         previous_x0, state.previous_x0 = state.previous_x0, x0_pred
         # Without a previous prediction (the first step left by strength < 1) a pair's second half falls back.
-        second_order = extra["orders"][index] == 2 and previous_x0 is not None
+        second_order = steps.orders[index] == 2 and previous_x0 is not None
         if not second_order:
             state.pair_start = latents
             if plan.levels[index + 1] == 0:
                 return x0_pred  # lambda = +inf: the data prediction itself
-            return (extra["ratio1"][index] * latents - extra["phi1"][index] * x0_pred).astype(np.float32)
-        phi = extra["phi2"][index]
-        d1 = extra["inverse_r"][index] * (x0_pred - previous_x0)
-        update = extra["ratio2"][index] * state.pair_start - phi * previous_x0 - (np.float32(0.5) * phi) * d1
+            return (steps.ratio1[index] * latents - steps.phi1[index] * x0_pred).astype(np.float32)
+        phi = steps.phi2[index]
+        d1 = steps.inverse_r[index] * (x0_pred - previous_x0)
+        update = steps.ratio2[index] * state.pair_start - phi * previous_x0 - (np.float32(0.5) * phi) * d1
         return update.astype(np.float32)

@@ -22,14 +22,14 @@ class Euler(SigmaSpace):
     name = "Euler"
     reference = "diffusers.EulerDiscreteScheduler"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[None]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=False, round_karras_timesteps=False)
-        return sigma_plan(config, timesteps, sigmas, skip)
+        return sigma_plan(config, timesteps, sigmas, skip, None)
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[None],
         state: Any,
         index: int,
         latents: np.ndarray,

@@ -7,6 +7,7 @@ The fresh noise comes from the request's seeded generator, so a seed still fixes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,19 +27,29 @@ def ancestral_split(sigma_from: np.ndarray, sigma_to: np.ndarray) -> tuple[np.nd
     return sigma_down.astype(np.float32), sigma_up.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class AncestralSteps:
+    """Per-step (n,) float32 split of each step into a deterministic part and fresh noise."""
+
+    sigma_down: np.ndarray  # the level the deterministic part moves to
+    sigma_up: np.ndarray  # the spread of the fresh noise added after it
+
+
 class EulerAncestral(SigmaSpace):
     name = "Euler a"
     reference = "diffusers.EulerAncestralDiscreteScheduler"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(
+        self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0
+    ) -> Plan[AncestralSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=False, round_karras_timesteps=False)
         sigma_down, sigma_up = ancestral_split(sigmas[:-1], sigmas[1:])
-        return sigma_plan(config, timesteps, sigmas, skip, sigma_down=sigma_down, sigma_up=sigma_up)
+        return sigma_plan(config, timesteps, sigmas, skip, AncestralSteps(sigma_down, sigma_up))
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[AncestralSteps],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -47,8 +58,8 @@ class EulerAncestral(SigmaSpace):
     ) -> np.ndarray:
         sigma = plan.levels[index]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))
-        dt = np.float32(plan.extra["sigma_down"][index] - sigma)
+        dt = np.float32(plan.coefficients.sigma_down[index] - sigma)
         down = latents + derivative_at(latents, eps, sigma) * dt
         # Drawn on every step, the last (sigma_up = 0) included, to consume the generator as diffusers does.
         fresh = rng.standard_normal(latents.shape, dtype=np.float32)
-        return (down + fresh * plan.extra["sigma_up"][index]).astype(np.float32)
+        return (down + fresh * plan.coefficients.sigma_up[index]).astype(np.float32)

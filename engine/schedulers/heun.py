@@ -30,7 +30,7 @@ class Heun(Euler):
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[None],
         state: Any,
         index: int,
         latents: np.ndarray,

@@ -14,6 +14,7 @@ Legend, code name -> k-diffusion:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,22 +37,28 @@ def midpoint_timesteps(config: NoiseScheduleConfig, sigma_mid: np.ndarray) -> np
     return sigma_to_timestep(sigma_mid, np.log(train_sigmas(config))).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class MidpointSteps:
+    """Per-step (n,) float32 midpoint of DPM2's second model call."""
+
+    sigma_mid: np.ndarray  # its level
+    mid_timesteps: np.ndarray  # its fractional train timestep
+
+
 class KDPM2(SigmaSpace):
     name = "DPM2 Karras"
     reference = "diffusers.KDPM2DiscreteScheduler (use_karras_sigmas=True)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[MidpointSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=True, round_karras_timesteps=True)
         sigma_mid = log_midpoints(sigmas[:-1], sigmas[1:])
-        return sigma_plan(
-            config, timesteps, sigmas, skip,
-            sigma_mid=sigma_mid, mid_timesteps=midpoint_timesteps(config, sigma_mid),
-        )
+        return sigma_plan(config, timesteps, sigmas, skip,
+                          MidpointSteps(sigma_mid, midpoint_timesteps(config, sigma_mid)))
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[MidpointSteps],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -59,12 +66,12 @@ class KDPM2(SigmaSpace):
         rng: NoiseSource,
     ) -> np.ndarray:
         sigma, sigma_next = plan.levels[index], plan.levels[index + 1]
-        sigma_mid = plan.extra["sigma_mid"][index]
+        sigma_mid = plan.coefficients.sigma_mid[index]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))
         derivative = derivative_at(latents, eps, sigma)
         midpoint = latents + derivative * np.float32(sigma_mid - sigma)
         if sigma_next == 0:
             return midpoint.astype(np.float32)  # sigma_mid is 0 too: an Euler step to the clean latents
-        eps_mid = denoise(model_input(midpoint, sigma_mid), float(plan.extra["mid_timesteps"][index]))
+        eps_mid = denoise(model_input(midpoint, sigma_mid), float(plan.coefficients.mid_timesteps[index]))
         derivative_mid = derivative_at(midpoint, eps_mid, sigma_mid)
         return (latents + derivative_mid * np.float32(sigma_next - sigma)).astype(np.float32)

@@ -9,6 +9,7 @@ diffusers, which draws it only in the second half of a step).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,25 +22,34 @@ from .kdpm2 import log_midpoints, midpoint_timesteps
 from .sigmas import SigmaSpace, model_input, sigma_plan, sigma_schedule
 
 
+@dataclass(frozen=True)
+class AncestralMidpointSteps:
+    """Per-step (n,) float32: DPM2's midpoint on the way down, then fresh noise (see AncestralSteps)."""
+
+    sigma_down: np.ndarray
+    sigma_up: np.ndarray
+    sigma_mid: np.ndarray
+    mid_timesteps: np.ndarray
+
+
 class KDPM2Ancestral(SigmaSpace):
     name = "DPM2 a Karras"
     reference = "diffusers.KDPM2AncestralDiscreteScheduler (use_karras_sigmas=True)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(
+        self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0
+    ) -> Plan[AncestralMidpointSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=True, round_karras_timesteps=True)
         sigma_down, sigma_up = ancestral_split(sigmas[:-1], sigmas[1:])
         sigma_mid = log_midpoints(sigmas[:-1], sigma_down)
         sigma_mid[-1] = 0.0  # the last step is Euler to 0
-        return sigma_plan(
-            config, timesteps, sigmas, skip,
-            sigma_down=sigma_down, sigma_up=sigma_up, sigma_mid=sigma_mid,
-            mid_timesteps=midpoint_timesteps(config, sigma_mid),
-        )
+        steps = AncestralMidpointSteps(sigma_down, sigma_up, sigma_mid, midpoint_timesteps(config, sigma_mid))
+        return sigma_plan(config, timesteps, sigmas, skip, steps)
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[AncestralMidpointSteps],
         state: Any,
         index: int,
         latents: np.ndarray,
@@ -47,14 +57,15 @@ class KDPM2Ancestral(SigmaSpace):
         rng: NoiseSource,
     ) -> np.ndarray:
         sigma = plan.levels[index]
-        sigma_mid = plan.extra["sigma_mid"][index]
+        steps = plan.coefficients
+        sigma_mid = steps.sigma_mid[index]
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))
         derivative = derivative_at(latents, eps, sigma)
         midpoint = latents + derivative * np.float32(sigma_mid - sigma)
         if sigma_mid == 0:
             return midpoint.astype(np.float32)
-        eps_mid = denoise(model_input(midpoint, sigma_mid), float(plan.extra["mid_timesteps"][index]))
+        eps_mid = denoise(model_input(midpoint, sigma_mid), float(steps.mid_timesteps[index]))
         derivative_mid = derivative_at(midpoint, eps_mid, sigma_mid)
-        down = latents + derivative_mid * np.float32(plan.extra["sigma_down"][index] - sigma)
+        down = latents + derivative_mid * np.float32(steps.sigma_down[index] - sigma)
         fresh = rng.standard_normal(latents.shape, dtype=np.float32)
-        return (down + fresh * plan.extra["sigma_up"][index]).astype(np.float32)
+        return (down + fresh * steps.sigma_up[index]).astype(np.float32)

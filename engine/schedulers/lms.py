@@ -13,7 +13,7 @@ fourth-order coefficient with the single derivative it has; we count the steps t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,23 +54,28 @@ def lms_coefficients(sigmas: np.ndarray) -> np.ndarray:
     return table
 
 
+@dataclass(frozen=True)
+class LMSSteps:
+    table: np.ndarray  # (n, LMS_ORDER) float32 of lms_coefficients, over the request's own steps
+
+
 class LMS(SigmaSpace):
     name = "LMS"
     reference = "diffusers.LMSDiscreteScheduler"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[LMSSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         timesteps, sigmas = sigma_schedule(config, num_inference_steps, karras=False, round_karras_timesteps=False)
-        plan = sigma_plan(config, timesteps, sigmas, skip)
+        plan = sigma_plan(config, timesteps, sigmas, skip, None)
         # The coefficients depend on how many steps this request has taken, so on the remaining levels only.
-        return replace(plan, extra={**plan.extra, "coefficients": lms_coefficients(plan.levels)})
+        return Plan(plan.timesteps, plan.levels, LMSSteps(lms_coefficients(plan.levels)), plan.init_noise_sigma)
 
     def new_state(self) -> LMSState:
         return LMSState()
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[LMSSteps],
         state: LMSState,
         index: int,
         latents: np.ndarray,
@@ -81,6 +86,6 @@ class LMS(SigmaSpace):
         eps = denoise(model_input(latents, sigma), float(plan.timesteps[index]))
         state.derivatives.append(derivative_at(latents, eps, sigma))
         del state.derivatives[:-LMS_ORDER]
-        coefficients = plan.extra["coefficients"][index]
+        coefficients = plan.coefficients.table[index]
         update = sum(c * d for c, d in zip(coefficients, reversed(state.derivatives), strict=False))
         return (latents + update).astype(np.float32)

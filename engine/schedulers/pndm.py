@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .alphas import AlphaSpace, alpha_plan
+from .alphas import AlphaSpace, AlphaSteps, alpha_plan
 from .base import Denoiser, NoiseSource, Plan, spaced_timesteps, steps_to_skip
 from .config import NoiseScheduleConfig
 
@@ -59,7 +59,7 @@ class PNDM(AlphaSpace):
     name = "PNDM"
     reference = "diffusers.PNDMScheduler (skip_prk_steps=True)"
 
-    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[AlphaSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)
         alphas_cumprod = config.alphas_cumprod()
         final_alpha = np.float32(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
@@ -67,21 +67,21 @@ class PNDM(AlphaSpace):
         alpha_t = alphas_cumprod[timesteps]
         # Each transfer lands on the next timestep of the schedule (see the module docstring on "linspace").
         alpha_prev = np.concatenate([alpha_t[1:], [final_alpha]]).astype(np.float32)
-        return alpha_plan(timesteps, alpha_t, skip, alpha_prev=alpha_prev)
+        return alpha_plan(timesteps, alpha_t, skip, AlphaSteps(alpha_t.astype(np.float32), alpha_prev))
 
     def new_state(self) -> PNDMState:
         return PNDMState()
 
     def step(
         self,
-        plan: Plan,
+        plan: Plan[AlphaSteps],
         state: PNDMState,
         index: int,
         latents: np.ndarray,
         denoise: Denoiser,
         rng: NoiseSource,
     ) -> np.ndarray:
-        alpha_t, alpha_prev = plan.extra["alpha_t"][index], plan.extra["alpha_prev"][index]
+        alpha_t, alpha_prev = plan.coefficients.alpha_t[index], plan.coefficients.alpha_prev[index]
         eps = denoise(latents, float(plan.timesteps[index]))
         first = not state.ets
         state.ets.append(eps)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Plan
+from .base import C, Plan, cut
 from .config import NoiseScheduleConfig
 
 KARRAS_RHO = 7.0  # the value of Karras et al. (their eq. 5), as diffusers and k-diffusion use
@@ -121,12 +121,12 @@ class SigmaSpace:
     blending puts init latents + sigma * noise back, never the variance-preserving formula of DDIM.
     """
 
-    def start(self, plan: Plan, init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
+    def start(self, plan: Plan[Any], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:
-            return (noise * plan.extra["init_noise_sigma"]).astype(np.float32)
+            return (noise * plan.init_noise_sigma).astype(np.float32)
         return self.noised(plan, 0, init_latents, noise)
 
-    def noised(self, plan: Plan, level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def noised(self, plan: Plan[Any], level: int, clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """x_0 + sigma * eps: the forward process in sigma space (Karras et al. eq. 1 with s(t) = 1)."""
         if level >= plan.num_steps:
             return clean
@@ -141,12 +141,12 @@ def sigma_plan(
     timesteps: np.ndarray,  # (n,) float32 for the whole schedule
     sigmas: np.ndarray,  # (n + 1,) float32 ending in 0
     skip: int,
-    **extra: Any,
-) -> Plan:
-    """A plan over the steps left after `skip`; `extra` arrays of length n or n + 1 are sliced alike."""
-    sliced = {key: value[skip:] if isinstance(value, np.ndarray) else value for key, value in extra.items()}
+    coefficients: C,  # per-step arrays of the whole schedule
+) -> Plan[C]:
+    """A plan over the steps left after `skip`; the per-step `coefficients` are cut alike."""
     return Plan(
         timesteps=timesteps[skip:].astype(np.float32),
         levels=sigmas[skip:].astype(np.float32),
-        extra={"init_noise_sigma": init_noise_sigma(config, sigmas), **sliced},
+        coefficients=cut(coefficients, skip),
+        init_noise_sigma=init_noise_sigma(config, sigmas),
     )
