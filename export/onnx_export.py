@@ -199,7 +199,7 @@ def export_components(
         graphs=dict(previous.graphs) if reuse else {},
     )
     _write_side_files(components, out)
-    from .graphs import graph_modules
+    from .torch_modules import graph_modules
 
     modules = graph_modules(components, feature_cache=feature_cache)
     specs = graph_specs(unet_in, hidden)

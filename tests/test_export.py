@@ -39,8 +39,8 @@ def test_graphs_have_dynamic_batch_and_canvas_axes(tiny_model_dir):
 
 def test_each_graph_matches_pytorch_at_a_new_shape(tiny_components, tiny_model_dir):
     from outpaint.core.graphs import canvas_dims, graph_specs
-    from outpaint.export.graphs import graph_modules
     from outpaint.export.onnx_export import check_parity
+    from outpaint.export.torch_modules import graph_modules
 
     modules = graph_modules(tiny_components)
     for spec in graph_specs(4, 32):
@@ -52,9 +52,9 @@ def test_each_graph_matches_pytorch_at_a_new_shape(tiny_components, tiny_model_d
 
 def test_parity_check_fails_loudly_on_a_wrong_graph(tiny_model_dir, tmp_path):
     from outpaint.core.graphs import canvas_dims, text_encoder_spec
-    from outpaint.export.graphs import graph_modules
     from outpaint.export.onnx_export import ParityError, check_parity
     from outpaint.export.random_models import build_random_components
+    from outpaint.export.torch_modules import graph_modules
 
     other = build_random_components("tiny", seed=1, workdir=tmp_path)  # other weights, same architecture
     with pytest.raises(ParityError, match="over the tolerance"):

@@ -1,5 +1,5 @@
 """The PyTorch modules that become the ONNX graphs: each wraps one diffusers/transformers model so
-that its inputs and outputs are plain tensors named as in specs.py (the feature-cache pair: feature_cache.py)."""
+that its inputs and outputs are plain tensors named as in core/graphs.py (the feature-cache pair: feature_cache.py)."""
 
 from __future__ import annotations
 
