@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,55 @@ FORMAT_VERSION = 1
 
 
 @dataclass
+class FileRecord:
+    """One file of a graph as the export wrote it."""
+
+    size: int  # bytes
+    sha256: str  # hex
+
+
+def describe_file(path: Path) -> FileRecord:
+    """Size and SHA-256 of a file, read in 1 MiB pieces (a UNet's weights are 3.4 GB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return FileRecord(size=path.stat().st_size, sha256=digest.hexdigest())
+
+
+@dataclass
 class GraphRecord:
     file: str  # relative to the model folder
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     parity: dict[str, float]  # max_abs_error, max_rel_error, tolerance, psnr_db, at shapes
+    # Every file the graph is made of (the .onnx and its external data file, if any), relative to the
+    # model folder. None in manifests written before they were recorded: then only `file`'s presence
+    # can be checked.
+    files: dict[str, FileRecord] | None = None
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> GraphRecord:
+        files = record.pop("files", None)
+        return cls(**record, files=None if files is None else {k: FileRecord(**v) for k, v in files.items()})
+
+    def problems(self, folder: Path, *, hashes: bool) -> list[str]:
+        """What is wrong with this graph's files in `folder`: [] when they are as the export wrote them.
+
+        Sizes cost a stat per file; `hashes` reads every byte (seconds for a full-size UNet).
+        """
+        if self.files is None:
+            return [] if (folder / self.file).is_file() else [f"{self.file} is missing"]
+        found = []
+        for name, expected in self.files.items():
+            path = folder / name
+            if not path.is_file():
+                found.append(f"{name} is missing")
+            elif (size := path.stat().st_size) != expected.size:
+                found.append(f"{name} has {size} bytes where the export wrote {expected.size} (truncated or replaced)")
+            elif hashes and describe_file(path).sha256 != expected.sha256:
+                found.append(f"{name} differs from what the export wrote (its SHA-256 changed)")
+        return found
 
 
 @dataclass
@@ -46,11 +92,37 @@ class Manifest:
                 f"{folder} has no {MANIFEST}: it is not an exported outpaint model. "
                 f"Create one with `outpaint export SRC {folder}` (or `outpaint export --random tiny {folder}`)"
             )
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # a half-written or damaged file
+            raise ModelError(f"{path} is not valid JSON ({exc}); re-export the model") from None
         if data.get("format_version") != FORMAT_VERSION:
             raise ModelError(
                 f"{path} has format version {data.get('format_version')}, this outpaint reads {FORMAT_VERSION}; "
                 "re-export the model"
             )
-        graphs = {name: GraphRecord(**record) for name, record in data.pop("graphs").items()}
+        graphs = {name: GraphRecord.from_json(record) for name, record in data.pop("graphs").items()}
         return cls(**data, graphs=graphs)
+
+    def export_command(self, folder: Path) -> str:
+        """The command that re-exports into `folder` what is damaged or missing there (and only that)."""
+        parts = self.fingerprint.split(":")
+        if parts[0] == "random" and len(parts) == 4:  # random:SIZE:seed=N:in_channels=C (export/random_models.py)
+            seed, channels = parts[2].removeprefix("seed="), parts[3].removeprefix("in_channels=")
+            inpainting = " --inpainting" if channels == "9" else ""
+            return f"outpaint export --random {parts[1]} --seed {seed}{inpainting} {folder}"
+        return f"outpaint export SRC {folder} (SRC: the {self.source})"
+
+    def check_files(self, folder: Path, keys: Iterable[str]) -> None:
+        """Raise a ModelError naming every damaged or missing file of the graphs `keys`, and the fix.
+
+        Sizes only: a truncated or half-copied graph (what happens to 3.4 GB files) changes its size,
+        and a stat per file keeps loading instant where hashing would read gigabytes every start.
+        `outpaint export` into the folder compares hashes too.
+        """
+        found = [problem for key in keys for problem in self.graphs[key].problems(folder, hashes=False)]
+        if found:
+            raise ModelError(
+                f"the model folder {folder} is damaged: {'; '.join(found)}. Re-export the damaged graphs "
+                f"(the intact ones are kept): {self.export_command(folder)}"
+            )

@@ -6,10 +6,13 @@ Conventions: images are (H, W, 3) uint8 RGB; masks are (H, W) with 1 = regenerat
 from __future__ import annotations
 
 import io
+import logging
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from scipy import ndimage
 
 from outpaint.core.errors import InvalidImage, InvalidRequest
@@ -18,6 +21,8 @@ from outpaint.core.geometry import LATENT_FACTOR
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 INFILL_MODES = ("pushpull", "gray", "noise")
+
+log = logging.getLogger("outpaint")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,16 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Source
     """Decode PNG/JPEG/WebP bytes, apply EXIF orientation, keep fully transparent pixels as unknown.
 
     The pixel count is checked from the header before any pixel is decoded, so a decompression
-    bomb costs nothing.
+    bomb costs nothing. A truncated image, or a JPEG whose data is too short for the size its
+    header declares, is an error (never a partly grey picture). Every pixel mode these formats
+    produce (16-bit grey, palette with transparency, CMYK, ...) becomes 8-bit RGB; an animated
+    image gives its first frame.
     """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Something in this process turned on PIL's lenient mode, in which a cut-off upload decodes
+        # "fine" with the missing rows grey. Uploads are untrusted: truncation must stay an error.
+        log.warning("PIL's ImageFile.LOAD_TRUNCATED_IMAGES was on; turned it off for decoding uploads")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # PIL refuses at open() past twice its own limit: too large
@@ -66,27 +79,147 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Source
             f"is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}",
             too_large=True,
         )
+    if image.format == "JPEG" and (problem := jpeg_data_shortfall(data)):
+        raise InvalidImage(problem)
     try:
         image = ImageOps.exif_transpose(image)
         image.load()
     except Exception as exc:
-        raise InvalidImage(f"could not be decoded ({type(exc).__name__}: {exc})") from None
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"))
-        return SourceImage(rgb=np.ascontiguousarray(rgba[..., :3]), known=rgba[..., 3] > 0)
-    rgb = np.asarray(image.convert("RGB"))
+        raise InvalidImage(f"is truncated or corrupt and could not be decoded ({type(exc).__name__}: {exc})") from None
+    return source_from_image(image)
+
+
+# Modes that hold one wide sample per pixel: PNG's 16-bit grey opens as I;16 (older Pillow: I).
+# Their samples are 16-bit (0..65535); PIL's own convert() clips them at 255, which turned a
+# 16-bit grey photo into a white page.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def source_from_image(image: Image.Image) -> SourceImage:
+    """8-bit RGB pixels and the known mask (alpha > 0, or not the tRNS colour) of a decoded image."""
+    transparency = image.info.get("transparency")
+    if image.mode in _WIDE_GREY_MODES:
+        values = np.asarray(image)
+        known = values != transparency if isinstance(transparency, int) else np.ones(values.shape, dtype=bool)
+        # 65535 / 257 = 255: the full 16-bit range onto the full 8-bit one, rounded. Values outside
+        # it (possible only in I and F) are clipped.
+        grey = np.rint(np.clip(values.astype(np.float32), 0, 65535) / np.float32(257)).astype(np.uint8)
+        return SourceImage(rgb=np.repeat(grey[..., None], 3, axis=2), known=known)
+    try:
+        if image.mode in _ALPHA_MODES or transparency is not None:
+            # PIL applies P's per-index alpha and the tRNS colour of L and RGB when converting to RGBA.
+            rgba = np.asarray(image.convert("RGBA"))
+            return SourceImage(rgb=np.ascontiguousarray(rgba[..., :3]), known=rgba[..., 3] > 0)
+        rgb = np.asarray(image.convert("RGB"))  # 1, L, P, RGB, CMYK, YCbCr
+    except (ValueError, OSError) as exc:
+        raise InvalidImage(f"has pixel mode {image.mode}, which cannot be read as RGB ({exc})") from None
     return SourceImage(rgb=rgb, known=np.ones(rgb.shape[:2], dtype=bool))
 
 
-def _resize(source: SourceImage, scale: float) -> SourceImage:
-    if scale == 1.0:
-        return source
+# Start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive, lossless, and their
+# differential forms). Arithmetic-coded ones (C9-CB, CD-CF) can spend well under a bit per block.
+_HUFFMAN_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+_ANY_SOF = _HUFFMAN_SOF | {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# The end of a scan's entropy-coded data: an FF that is not a stuffed 00, a restart marker or fill.
+_SCAN_END = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
+
+
+def jpeg_data_shortfall(data: bytes) -> str | None:
+    """Why a JPEG's compressed data cannot hold the pixels its header declares, or None.
+
+    libjpeg decodes a JPEG whose data ends early (with its end marker present) without an error:
+    the rest of the picture comes out flat grey. A Huffman-coded JPEG spends at least one bit on
+    every block of its first scan (a DC code is at least one bit), so fewer bits than MCUs (minimum
+    coded units, one or more 8x8 blocks each) means the header lies or the data was cut. The walk
+    reads only marker headers and skips scan data with one regex search per scan.
+    """
+    pos, size, entropy_bytes = 2, len(data), 0
+    frame: tuple[int, int, int, int, bool] | None = None  # width, height, max h and v sampling, huffman
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return None  # not where a marker must be: the decoder reports a damaged stream itself
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker in _ANY_SOF and len(segment) >= 6:
+            components = [segment[7 + 3 * i] for i in range(segment[5]) if 7 + 3 * i < len(segment)]
+            h_max = max((c >> 4 for c in components), default=1) or 1
+            v_max = max((c & 15 for c in components), default=1) or 1
+            frame_height, frame_width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+            frame = (frame_width, frame_height, h_max, v_max, marker in _HUFFMAN_SOF)
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows up to the next marker
+            end = _SCAN_END.search(data, pos)
+            scan_end = end.start() if end else size
+            entropy_bytes += scan_end - pos
+            pos = scan_end
+    if frame is None or not frame[4] or frame[1] == 0:  # arithmetic coding, or a height set by DNL
+        return None
+    width, height, h_max, v_max, _ = frame
+    mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    if entropy_bytes * 8 >= mcus:
+        return None
+    return (
+        f"is a JPEG whose header declares {width}x{height} pixels ({mcus} coded units, at least one bit "
+        f"each), but whose compressed data has only {entropy_bytes} bytes: it is truncated or damaged"
+    )
+
+
+# Lanczos reads 3 source pixels either side of an output pixel's centre, times the downscale factor
+# (PIL's support). A crop of the source that keeps this many more pixels beyond the box mapped onto
+# the canvas feeds the filter exactly what the whole source would.
+_LANCZOS_SUPPORT = 3.0
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size of a width x height source after `scale` (at least 1x1), as the placement uses it."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _scaled_part(source: SourceImage, scale: float, out_w: int, out_h: int) -> SourceImage:
+    """The top-left out_w x out_h pixels of the source resized by `scale`, without building the rest.
+
+    The whole scaled source can be 100x the canvas (scale 10 on a 4096x4096 source is 1.6 G pixels);
+    only the part that lands on the canvas is computed: PIL resizes the source-space box that maps
+    onto it, to exactly out_w x out_h, with the same filter coefficients as a whole-image resize, so
+    the pixels are those of resize-then-crop. Every intermediate is at most out_w x (source rows
+    the box reads) or out_w x out_h.
+    """
     h, w = source.known.shape
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    rgb = Image.fromarray(source.rgb).resize((new_w, new_h), Image.Resampling.LANCZOS)
-    known = Image.fromarray(source.known).resize((new_w, new_h), Image.Resampling.NEAREST)
-    return SourceImage(rgb=np.asarray(rgb), known=np.asarray(known))
+    new_w, new_h = scaled_size(w, h, scale)
+    if (new_w, new_h) == (w, h):
+        return SourceImage(rgb=source.rgb[:out_h, :out_w], known=source.known[:out_h, :out_w])
+    step_x, step_y = w / new_w, h / new_h  # source pixels per scaled pixel
+    box_w, box_h = out_w * step_x, out_h * step_y
+    # Only the source pixels the filter reads: the box plus the filter's support, clipped to the source.
+    crop_w = min(w, math.ceil(box_w + _LANCZOS_SUPPORT * max(1.0, step_x)) + 2)
+    crop_h = min(h, math.ceil(box_h + _LANCZOS_SUPPORT * max(1.0, step_y)) + 2)
+    box = (0.0, 0.0, box_w, box_h)
+    rgb = Image.fromarray(np.ascontiguousarray(source.rgb[:crop_h, :crop_w]))
+    rgb = rgb.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
+    known = source.known[np.ix_(_nearest_rows(h, new_h, out_h), _nearest_rows(w, new_w, out_w))]
+    return SourceImage(rgb=np.asarray(rgb), known=known)
+
+
+def _nearest_rows(size: int, new_size: int, count: int) -> np.ndarray:
+    """Source index of each of the first `count` pixels of a nearest-neighbour resize size -> new_size.
+
+    PIL's rule (a running sum of the step from half a step in, truncated), so the mask is bit for bit
+    what resizing the whole mask gave; PIL's own box resize computes the step in float32 and moves
+    tie pixels.
+    """
+    steps = np.full(count, size / new_size)
+    steps[0] *= 0.5
+    return np.minimum(np.add.accumulate(steps).astype(np.intp), size - 1)
 
 
 def place(
@@ -95,10 +228,10 @@ def place(
     """Resize the source by `scale`, put its top-left at (offset_x, offset_y), crop to the canvas.
 
     Returns (rgb (H, W, 3) uint8, known (H, W) bool). A source that misses the canvas entirely
-    is an error: there would be nothing to outpaint from.
+    is an error: there would be nothing to outpaint from. Only the part of the scaled source that
+    lands on the canvas is ever computed, so memory is bounded by the canvas, whatever the scale.
     """
-    scaled = _resize(source, scale)
-    h, w = scaled.known.shape
+    w, h = scaled_size(source.known.shape[1], source.known.shape[0], scale)
     x0, y0 = offset_x, offset_y
     x1, y1 = min(width, x0 + w), min(height, y0 + h)
     if x0 >= width or y0 >= height or x1 <= x0 or y1 <= y0:
@@ -107,10 +240,11 @@ def place(
             f"the source ({w}x{h} after scale {scale}) placed at ({x0}, {y0}) does not overlap "
             f"the {width}x{height} canvas; offsets must be below the canvas size",
         )
+    scaled = _scaled_part(source, scale, x1 - x0, y1 - y0)
     rgb = np.zeros((height, width, 3), dtype=np.uint8)
     known = np.zeros((height, width), dtype=bool)
-    rgb[y0:y1, x0:x1] = scaled.rgb[: y1 - y0, : x1 - x0]
-    known[y0:y1, x0:x1] = scaled.known[: y1 - y0, : x1 - x0]
+    rgb[y0:y1, x0:x1] = scaled.rgb
+    known[y0:y1, x0:x1] = scaled.known
     if not known.any():
         raise InvalidRequest("image", "no opaque source pixel lands on the canvas")
     rgb[~known] = 0

@@ -131,6 +131,11 @@ class OutpaintPipeline:
         missing = [g for g in names if g not in self.manifest.graphs]
         if missing:
             raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: the export did not finish; re-run it")
+        # Before any runtime reads them: a truncated graph is a clear error naming the file and the
+        # command that repairs it, not a protobuf traceback. The fused-attention twins are what the
+        # ONNX Runtime backends read, the plain graphs what the others read: both are checked.
+        twins = [f"{name}.mha" for name in names if f"{name}.mha" in self.manifest.graphs]
+        self.manifest.check_files(folder, [*names, *twins])
         self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
         if options.shapes_unet_calls and device_loop:
@@ -166,7 +171,10 @@ class OutpaintPipeline:
         ids = []
         for label, text in (("negative_prompt", negative_prompt), ("prompt", prompt)):
             tokens = self.tokenizer(text)
-            if tokens.truncated:
+            if tokens.chars_read is not None:
+                warnings.append(f"{label} was cut: it has {len(text)} characters, only the first {tokens.chars_read} "
+                                "were read, and of those only the first 77 CLIP tokens are used")
+            elif tokens.truncated:
                 warnings.append(f"{label} is longer than 77 CLIP tokens; the rest was ignored")
             ids.append(tokens.ids)
         out = self.graphs[TEXT_ENCODER].run({INPUT_IDS: np.stack(ids)})

@@ -7,6 +7,7 @@ so a range lives in exactly one place (`FIELDS`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,19 +58,47 @@ def _coerce_number(name: str, value: Any, spec: FieldSpec) -> int | float:
     if spec.kind is int:
         if isinstance(value, float):
             if not value.is_integer():
-                raise InvalidRequest(name, f"must be a whole number ({spec.describe()}), got {value}")
+                raise InvalidRequest(name, f"must be a whole number ({spec.describe()}), got {_shown(value)}")
             value = int(value)
     else:
         value = float(value)
         if not math.isfinite(value):
-            raise InvalidRequest(name, f"must be finite ({spec.describe()}), got {value}")
+            raise InvalidRequest(name, f"must be finite ({spec.describe()}), got {_shown(value)}")
     if value in spec.allowed_extra:
         return value
     if not spec.low <= value <= spec.high:
-        raise InvalidRequest(name, f"must be {spec.describe()}, got {value}")
+        raise InvalidRequest(name, f"must be {spec.describe()}, got {_shown(value)}")
     if spec.multiple_of and value % spec.multiple_of:
-        raise InvalidRequest(name, f"must be {spec.describe()}, got {value}")
+        raise InvalidRequest(name, f"must be {spec.describe()}, got {_shown(value)}")
     return value
+
+
+# A UTF-16 surrogate code point: JSON's "\ud800" escape decodes to one, alone, in a Python str. It
+# is not a character, cannot be encoded as UTF-8, and made the tokenizer raise (a 500).
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SHOWN_CHARS = 40  # of a rejected value echoed in an error: a 15 MB "scheduler" must not come back whole
+
+
+def _check_text(name: str, text: str) -> str:
+    """The text if it is valid Unicode (encodable as UTF-8), else an InvalidRequest naming the field.
+
+    Control characters, NUL included, are accepted: they are valid Unicode, CLIP tokenizes them like
+    any other character, and nothing downstream treats the text as a C string.
+    """
+    found = _SURROGATE.search(text)
+    if found:
+        raise InvalidRequest(
+            name,
+            f"has a lone UTF-16 surrogate (U+{ord(found.group()):04X} at character {found.start()}), which is "
+            "not a character; send valid Unicode text (a JSON string whose \\u escapes pair surrogates)",
+        )
+    return text
+
+
+def _shown(value: Any) -> str:
+    """A rejected value for an error message, cut to a few dozen characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -109,21 +138,21 @@ class OutpaintRequest:
             raise InvalidRequest("prompt", "is required (a string)")
         if not isinstance(prompt, str):
             raise InvalidRequest("prompt", f"must be a string, got {type(prompt).__name__}")
-        values["prompt"] = prompt
+        values["prompt"] = _check_text("prompt", prompt)
         negative = fields.get("negative_prompt")
         if negative is not None and not isinstance(negative, str):
             raise InvalidRequest("negative_prompt", f"must be a string or null, got {type(negative).__name__}")
-        values["negative_prompt"] = negative or ""
+        values["negative_prompt"] = _check_text("negative_prompt", negative or "")
         scheduler = fields.get("scheduler")
         if scheduler is None:
             scheduler = "DDIM"
         if not isinstance(scheduler, str) or scheduler not in schedulers:
-            raise InvalidRequest("scheduler", f"must be one of {', '.join(schedulers)}; got {scheduler!r}")
+            raise InvalidRequest("scheduler", f"must be one of {', '.join(schedulers)}; got {_shown(scheduler)}")
         values["scheduler"] = scheduler
         infill = fields.get("infill")
         if infill is not None:
-            if infill not in INFILL_MODES:
-                raise InvalidRequest("infill", f"must be one of {', '.join(INFILL_MODES)}; got {infill!r}")
+            if not isinstance(infill, str) or infill not in INFILL_MODES:
+                raise InvalidRequest("infill", f"must be one of {', '.join(INFILL_MODES)}; got {_shown(infill)}")
             values["infill"] = infill
         for name, spec in FIELDS.items():
             value = fields.get(name)

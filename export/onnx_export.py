@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -34,7 +35,7 @@ from outpaint.core.graphs import (
     fused_attention_specs,
     graph_specs,
 )
-from outpaint.core.manifest import FORMAT_VERSION, GraphRecord, Manifest
+from outpaint.core.manifest import FORMAT_VERSION, GraphRecord, Manifest, describe_file
 
 from .attention import fused_attention
 from .components import Components
@@ -45,6 +46,9 @@ EXTERNAL_DATA_THRESHOLD = 1_500_000_000
 # Parity runs at a canvas different from the export's trace shape, so dynamic axes are exercised.
 TRACE_CANVAS = (64, 64)
 PARITY_CANVAS = (128, 192)
+
+
+log = logging.getLogger("outpaint")
 
 
 class ParityError(ModelError):
@@ -113,6 +117,15 @@ def export_graph(module, spec: GraphSpec, path: Path) -> None:
             onnx.save_model(model, str(path))
 
 
+def graph_files(folder: Path, file: str) -> list[str]:
+    """The files (relative to `folder`) that make up the graph `file`: it and its external data, if any.
+
+    The external data is always the one file `export_graph` names `<graph>.data`.
+    """
+    data = f"{file}.data"
+    return [file, data] if (folder / data).is_file() else [file]
+
+
 def check_parity(module, spec: GraphSpec, path: Path, dims: dict[str, int]) -> dict[str, float]:
     """Run torch and ONNX Runtime on the same sample inputs; raise ParityError past the tolerance.
 
@@ -173,8 +186,9 @@ def export_components(
 ) -> Manifest:
     """Export, check and record every graph of `components` into `out`.
 
-    Idempotent: a graph whose file exists and whose manifest entry records a passed check for the
-    same source fingerprint is skipped. A graph that fails its check is deleted and the export raises.
+    Idempotent: a graph whose manifest entry records a passed check for the same source fingerprint,
+    and whose files still have the recorded sizes and SHA-256, is skipped. A graph that fails its check
+    is deleted and the export raises.
     `progress(graph, status)` is told "exporting", "checking", "done" or "skipped" for each graph.
     `feature_cache` adds the UNet split for caching deep features across steps (feature_cache.py).
     """
@@ -210,9 +224,17 @@ def export_components(
     attention_owner = {name: components.vae if name.startswith("vae") else components.unet for name in ATTENTION_GRAPHS}
     for spec in (*specs, *fused_attention_specs(specs)):
         path = out / spec.file
-        if spec.key in manifest.graphs and path.is_file():
-            report(spec.key, "skipped")
-            continue
+        done = manifest.graphs.get(spec.key)
+        if done is not None:
+            # Sizes and hashes: a graph damaged after its export (a truncated copy) is exported again
+            # instead of being skipped as done forever.
+            problems = done.problems(out, hashes=True) or (
+                ["no sizes or hashes recorded (an older export)"] if done.files is None else []
+            )
+            if not problems:
+                report(spec.key, "skipped")
+                continue
+            log.warning("%s: %s; exporting it again", spec.key, "; ".join(problems))
         path.parent.mkdir(exist_ok=True)
         started = time.perf_counter()
         with fused_attention(attention_owner[spec.name]) if spec.variant else contextlib.nullcontext():
@@ -233,6 +255,7 @@ def export_components(
             inputs=[asdict(t) for t in spec.inputs],
             outputs=[asdict(t) for t in spec.outputs],
             parity=parity,
+            files={name: describe_file(out / name) for name in graph_files(out, spec.file)},
         )
         manifest.save(out)  # after every graph, so an interrupted export resumes where it stopped
         report(spec.key, "done")

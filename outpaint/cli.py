@@ -92,19 +92,24 @@ def _request_from_args(args, schedulers):
 
 
 def _cmd_run(args) -> int:
+    from outpaint.engine.canvas import decode_image
     from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.fast_path import EXACT, FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
-    from outpaint.run_request import run_with_progress, save_image
+    from outpaint.engine.schedulers import SCHEDULERS
+    from outpaint.run_request import check_output_path, run_with_progress, save_image
 
+    # Everything the user can get wrong is checked before the model loads (seconds to minutes).
     if not args.image.is_file():
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
+    check_output_path(args.out)
+    request = _request_from_args(args, tuple(SCHEDULERS))
+    source = decode_image(args.image.read_bytes())
     backend, reason = resolve_backend(args.backend, args.fast)
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
     pipeline = OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT)
-    request = _request_from_args(args, pipeline.scheduler_names)
-    result = run_with_progress(pipeline, args.image.read_bytes(), request)
+    result = run_with_progress(pipeline, source, request)
     for warning in result.warnings:
         print(f"warning: {warning}")
     save_image(result.image, args.out)

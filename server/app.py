@@ -1,9 +1,12 @@
 """The HTTP routes: POST /v1/sd1.5-outpaint (api.md), health, readiness, metrics.
 
-One request, in order: key (401) -> body size (413) -> content type (415) -> JSON (400) ->
-fields through `OutpaintRequest.from_fields` (400) -> image decode (400/413) -> reserve the
-credit (406) -> queue slot (503) -> generate in a worker -> charge as the JPEG is sent. Every
-failure after the reservation refunds it.
+One request, in order: key (401) -> balance (406) -> queue slot (503) -> content type and
+encoding (415) -> body size and arrival time (413/408) -> JSON and base64, off the event loop
+(400) -> fields through `OutpaintRequest.from_fields` (400) -> image decode, off the event loop
+(400/413) -> can it finish in time (413/503) -> reserve the credit (406) -> generate in a worker ->
+charge as the JPEG is sent. The slot comes first so that the queue bound also bounds the bodies in
+memory and the images being decoded; the balance is checked before anything is read or decoded, so
+a key without credits costs the server nothing. Every failure after the reservation refunds it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from outpaint.engine.canvas import SourceImage, decode_image
 from outpaint.engine.pipeline import Outpainter, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
-from .body import Disconnected, check_content_type, image_bytes, parse_object, read_body
+from .body import Disconnected, check_content_type, parse_request_body, read_body
 from .config import ServerConfig
 from .context import CLIENT_CLOSED, RequestContext
-from .credits import CreditStore, KeyRevoked, Reservation
+from .credits import LEASE_MARGIN_S, CreditStore, KeyRevoked, Reservation
 from .errors import ApiError, bad_request
-from .gate import DeadlineExceeded, Draining, Gate, QueueFull, Ticket
+from .gate import Aborted, DeadlineExceeded, Draining, Gate, QueueFull, Ticket
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import Idempotency, Replay
+from .idempotency_store import Claim, IdempotencyOutcome
 from .metrics import Metrics
 from .schema import error_response, request_schema
 
@@ -51,12 +57,16 @@ class Call:
     arrived: float  # time.monotonic()
     key_id: int | None = None
     reservation: Reservation | None = None
+    idempotency_key: str | None = None  # the client's Idempotency-Key, once checked
+    idempotency: Claim | None = None  # that key with the body's fingerprint, once the body is read
 
 
 class ChargedImage(Response):
     """The JPEG response. `settle()` runs right before the bytes are handed to the socket: it makes
     the charge final (or refunds if the client already left: the disconnect watcher runs until
-    then), so a crash can only fall in the microseconds between that commit and the write."""
+    then), so a crash can only fall in the microseconds between that commit and the write (the
+    charge commits without a disk flush for that reason: credits.py). A client that sent an
+    Idempotency-Key recovers even from that: its response was stored before the charge."""
 
     media_type = "image/jpeg"
 
@@ -73,8 +83,8 @@ class ChargedImage(Response):
         try:
             self._settle()
         except Exception:
-            # The reservation stays open and is refunded at the next start: the client still gets
-            # the image it waited for, we lose one credit rather than deliver nothing.
+            # The reservation stays open, no longer held, and the next sweep refunds it (credits.py):
+            # the client still gets the image it waited for, we lose one credit rather than deliver nothing.
             log.exception("could not settle the charge of request %s", scope.get("state", {}).get("request_id"))
         await super().__call__(scope, receive, send)
 
@@ -89,6 +99,7 @@ class OutpaintService:
         self.gate = Gate(pipeline, concurrency=config.concurrency, max_queue=config.max_queue,
                          on_step=lambda seconds: self.metrics.step_seconds.observe(seconds))
         self.metrics = Metrics(lambda: (self.gate.waiting, self.gate.running, self.gate.draining))
+        self.idempotency = Idempotency(store, self.metrics, self.gate.retry_after_seconds)
 
     # -- credits ---------------------------------------------------------------------------------
 
@@ -112,12 +123,33 @@ class OutpaintService:
             return
         price = self.config.price
         try:
-            call.reservation = await asyncio.to_thread(self.store.reserve, call.key_id, price, request_id)
+            call.reservation = await asyncio.to_thread(self.store.reserve, call.key_id, price, request_id,
+                                                       claim=call.idempotency)
+        except IdempotencyOutcome as outcome:  # the key's first request finished or started meanwhile
+            raise self.idempotency.answer(outcome) from None
         except KeyRevoked:
             call.key_id = None  # no longer an authenticated request: no credits header
             raise ApiError(401, "unknown or revoked API key (x-api-key)") from None
         if call.reservation is None:
             raise ApiError(406, f"not enough credits: one image costs {price}; nothing was charged")
+
+    async def check_balance(self, call: Call) -> None:
+        """406 before the body is read: the reservation later is the atomic check, this one is cheap."""
+        if self.store is None or call.key_id is None:
+            return
+        if await asyncio.to_thread(self.store.balance, call.key_id) < self.config.price:
+            raise ApiError(406, f"not enough credits: one image costs {self.config.price}; nothing was charged")
+
+    def check_feasible(self, outpaint_request: OutpaintRequest) -> None:
+        """Refuse at once what cannot finish before the deadline even alone, from this server's measured
+        cost. (A request delayed by the queue is stopped at the first step from which it could no longer
+        finish, see Gate: the queue's length changes while it waits, so it is not judged here.)"""
+        estimate = self.gate.cost.estimate(outpaint_request)
+        limit = self.config.timeout_s
+        if estimate is not None and estimate.seconds > limit:
+            raise ApiError(413, f"this request's denoising would take about {estimate.seconds:.0f} s on this server "
+                                f"({estimate.basis}), over its time limit of {limit:g} s: ask for fewer "
+                                "num_inference_steps or a smaller canvas; nothing was charged")
 
     async def refund(self, call: Call, reason: str) -> None:
         if self.store is not None and call.reservation is not None:
@@ -142,6 +174,8 @@ class OutpaintService:
         request_id = request.state.request_id
         try:
             return await self._outpaint(request, api_key, call, request_id)
+        except Replay as replay:
+            return replay.response(await self.credit_headers(call))
         except ApiError as err:
             await self.refund(call, f"http_{err.status}")
             return err.response(await self.credit_headers(call))
@@ -160,40 +194,53 @@ class OutpaintService:
     async def _outpaint(self, request: Request, api_key: str | None, call: Call, request_id: str) -> Response:
         config = self.config
         await self.authenticate(api_key, call)
+        # A 406 is final (a 503 would only invite a pointless retry), so it comes before the slot; with an
+        # Idempotency-Key it waits for the replay check: a retry of a charged request may find 0 credits.
+        replayable = IDEMPOTENCY_HEADER in request.headers
+        if not replayable:
+            await self.check_balance(call)
         try:
-            self.gate.check()  # a full queue turns requests away before their bodies take memory
+            self.gate.admit()  # before the body: a full queue turns requests away before they take memory
         except (QueueFull, Draining) as exc:
             raise self._unavailable(str(exc)) from None
-        body = await read_body(request, config.max_body_bytes)
-        check_content_type(request)
-        fields = parse_object(body)
-        raw_image = image_bytes(fields)
         try:
-            outpaint_request = OutpaintRequest.from_fields(fields, schedulers=self.pipeline.scheduler_names)
-            source = await asyncio.to_thread(decode_image, raw_image, max_pixels=config.max_image_pixels)
-        except InvalidRequest as exc:
-            raise _from_invalid(exc) from None
-
-        await self.reserve(call, request_id)
-        try:
-            self.gate.admit()
-        except (QueueFull, Draining) as exc:
-            raise self._unavailable(str(exc)) from None
-        ticket = Ticket(deadline=call.arrived + config.timeout_s)
-        watcher = asyncio.create_task(_watch_disconnect(request.receive, ticket))
-        try:
-            result, jpeg = await self._generate(source, outpaint_request, ticket)
-            headers = {"x-seed": str(result.seed), **await self.credit_headers(call)}
-        except BaseException:
-            watcher.cancel()
-            raise
+            call.idempotency_key = await self.idempotency.precheck(  # 409, or a replay before the balance check
+                request, call.key_id, lambda: read_body(request, config.max_body_bytes, config.body_timeout_s))
+            if replayable:
+                await self.check_balance(call)
+            check_content_type(request)
+            body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+            call.idempotency = await self.idempotency.claim(call.idempotency_key, body)
+            fields, raw_image = await asyncio.to_thread(parse_request_body, body)
+            del body
+            try:
+                outpaint_request = OutpaintRequest.from_fields(fields, schedulers=self.pipeline.scheduler_names)
+                source = await asyncio.to_thread(decode_image, raw_image, max_pixels=config.max_image_pixels)
+            except InvalidRequest as exc:
+                raise _from_invalid(exc) from None
+            del fields, raw_image
+            self.check_feasible(outpaint_request)
+            await self.reserve(call, request_id)
+            ticket = Ticket(deadline=call.arrived + config.timeout_s)
+            watcher = asyncio.create_task(_watch_disconnect(request.receive, ticket))
+            try:
+                result, jpeg = await self._generate(source, outpaint_request, ticket)
+                headers = {"x-seed": str(result.seed), **_warning_headers(result.warnings),
+                           **await self.credit_headers(call)}
+                # Stored before the charge: once charged, a retry with its key gets this image.
+                await self.idempotency.store_response(call.idempotency, request_id, headers, jpeg)
+            except BaseException:
+                watcher.cancel()
+                raise
+        finally:
+            self.gate.release()
         reservation, call.reservation = call.reservation, None  # from here on settle() owns it
         return ChargedImage(jpeg, headers, lambda: self.settle(ticket, reservation), watcher)
 
     async def _generate(
         self, source: SourceImage, outpaint_request: OutpaintRequest, ticket: Ticket
     ) -> tuple[OutpaintResult, bytes]:
-        """Run an admitted generation; its failures as the API's errors. Releases the slot."""
+        """Run an admitted generation; its failures as the API's errors."""
         try:
             started = time.perf_counter()
             result, jpeg = await self.gate.run(source, outpaint_request, ticket, self._encode)
@@ -202,12 +249,14 @@ class OutpaintService:
         except Cancelled:
             raise Disconnected("the client disconnected during the generation") from None
         except DeadlineExceeded:
-            raise self._unavailable(f"the request did not finish within the server's time limit of "
-                                    f"{self.config.timeout_s:g} s; nothing was charged") from None
+            raise self._unavailable(f"the request would not finish within the server's time limit of "
+                                    f"{self.config.timeout_s:g} s, so it was stopped early; nothing was charged"
+                                    ) from None
+        except Aborted:
+            raise ApiError(503, "the server is shutting down and stopped this generation; nothing was charged",
+                           headers={"retry-after": "5"}) from None
         except InvalidRequest as exc:
             raise _from_invalid(exc) from None
-        finally:
-            self.gate.release()
 
     def _encode(self, result: OutpaintResult) -> bytes:
         buffer = io.BytesIO()
@@ -216,6 +265,15 @@ class OutpaintService:
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(503, message, headers={"retry-after": str(self.gate.retry_after_seconds())})
+
+
+def _warning_headers(warnings: list[str]) -> dict[str, str]:
+    """`x-warnings`: what the engine changed about the request (a prompt cut to CLIP's 77 tokens),
+    so a client learns it without reading our logs. Header values are latin-1: anything else is escaped."""
+    if not warnings:
+        return {}
+    text = " | ".join(warnings)
+    return {"x-warnings": text.encode("latin-1", "backslashreplace").decode("latin-1")}
 
 
 def _from_invalid(exc: InvalidRequest) -> ApiError:
@@ -239,6 +297,9 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if store is not None:  # renews the leases of our reservations, refunds expired ones of anyone
+            store.keep_leases(config.timeout_s + LEASE_MARGIN_S,
+                              on_refund=lambda n: service.metrics.refunds.labels("lease_expired").inc(n))
         yield
         service.gate.shutdown()
         if store is not None:
@@ -263,6 +324,8 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
             400: error_response("malformed JSON, bad base64, not an image, a field out of range or of the wrong type"),
             401: error_response("missing or unknown x-api-key"),
             406: error_response("not enough credits (nothing charged)", headers=("x-remaining-credits",)),
+            409: error_response("a request with this Idempotency-Key is still running", headers=("retry-after",)),
+            422: error_response("this Idempotency-Key was used with another request body"),
             413: error_response("body or decoded image larger than the configured limits"),
             415: error_response("the body is not application/json"),
             500: error_response("internal failure (the credit is refunded)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -23,8 +24,9 @@ class Disconnected(Exception):
     """The client went away while sending its body."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 when it is (or declares itself) larger than `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, or 413 when it is (or declares itself) larger than `limit` bytes, or 408 when
+    it has not arrived within `timeout_s` (a slow or stalled sender holds a queue slot meanwhile)."""
     declared = request.headers.get("content-length")
     too_large = ApiError(413, f"the request body is larger than the limit of {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit * (DISCARD_FACTOR + 1):
@@ -32,21 +34,30 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            elif size > limit * (DISCARD_FACTOR + 1):
-                raise too_large
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit:
+                    chunks.append(chunk)
+                elif size > limit * (DISCARD_FACTOR + 1):
+                    raise too_large
     except ClientDisconnect as exc:
         raise Disconnected("the client disconnected while sending the body") from exc
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s "
+                            f"({size} bytes received); nothing was charged",
+                       headers={"connection": "close"}) from None
     if size > limit:
         raise too_large
     return b"".join(chunks)
 
 
 def check_content_type(request: Request) -> None:
-    """JSON, or no content type at all (some clients send JSON without saying so)."""
+    """JSON, or no content type at all (some clients send JSON without saying so), not encoded:
+    a gzip body would be read as broken JSON, so it is refused by name rather than a confusing 400."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, f"content-encoding {encoding!r} is not accepted: send the JSON body uncompressed")
     content_type = request.headers.get("content-type")
     if content_type is None:
         return
@@ -88,6 +99,12 @@ def image_bytes(fields: dict[str, Any]) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise bad_request(f"is not valid base64 ({exc})", "image") from None
+
+
+def parse_request_body(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The JSON object and its decoded image: CPU work on up to the body limit, run off the event loop."""
+    fields = parse_object(body)
+    return fields, image_bytes(fields)
 
 
 def _json_type(value: Any) -> str:

@@ -36,6 +36,13 @@ def add_serve(sub) -> None:
                         f"(default {defaults.max_queue})")
     p.add_argument("--timeout", type=float, default=defaults.timeout_s, dest="timeout_s",
                    help=f"per-request deadline in seconds, queue wait included (default {defaults.timeout_s:g})")
+    p.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s, dest="header_timeout_s",
+                   help=f"seconds a new connection has to send its request head "
+                        f"(default {defaults.header_timeout_s:g})")
+    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, dest="body_timeout_s",
+                   help=f"seconds a request has to send its body (default {defaults.body_timeout_s:g})")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help=f"open connections; more are answered 503 and closed (default {defaults.max_connections})")
     p.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s, dest="drain_timeout_s",
                    help=f"on SIGTERM, seconds to let admitted work finish (default {defaults.drain_timeout_s:g})")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
@@ -61,6 +68,8 @@ def _cmd_serve(args) -> int:
         no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
+        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
     )
     return serve(config, log_level=args.log_level)

@@ -24,6 +24,12 @@ class ServerConfig:
     concurrency: int = 1  # generations running at once on the one pipeline
     max_queue: int = 8  # generations waiting beyond those running; more is a 503
     timeout_s: float = 300.0  # per-request deadline, queue wait included
+    # A client has this long to send its request head, then this long for its body (16 MiB at
+    # 1 Mbit/s takes ~134 s: a slower sender must not hold a queue slot longer).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    # Open connections beyond this are answered 503 and closed at once (file descriptors are finite).
+    max_connections: int = 256
     drain_timeout_s: float = 300.0  # how long a SIGTERM waits for admitted work before exiting
     # A base64 1024x1024 PNG is ~4-6 MB; 16 MiB leaves room for large JPEG/WebP sources.
     max_body_bytes: int = 16 * MIB
@@ -43,6 +49,12 @@ class ServerConfig:
             found.append(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.timeout_s <= 0:
             found.append(f"--timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            found.append(f"--header-timeout and --body-timeout must be > 0 seconds, got "
+                         f"{self.header_timeout_s} and {self.body_timeout_s}")
+        if self.max_connections < self.concurrency + self.max_queue + 2:
+            found.append(f"--max-connections must leave room for the queue and health checks: at least "
+                         f"{self.concurrency + self.max_queue + 2}, got {self.max_connections}")
         if self.drain_timeout_s < 0:
             found.append(f"--drain-timeout must be >= 0 seconds, got {self.drain_timeout_s}")
         if self.max_body_bytes < 1024:

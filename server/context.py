@@ -12,9 +12,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from .metrics import UNMATCHED, Metrics
 
-UNMATCHED = "unmatched"  # every unknown path is one label value, so probing paths cannot bloat /metrics
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the response"
 
 
@@ -22,6 +21,8 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The routes are the only path labels (metrics.py bounds every label a client chooses).
+        metrics.set_routes(getattr(app, "routes", ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +44,8 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             # FastAPI's own routes (/docs, /openapi.json) set no scope["route"]: their path is the
-            # label. Only a 404 means an unknown path, and all of those share one label.
+            # label. A 404 is an unknown path; any other path that is not a route (a slash redirect,
+            # a 499 on a probe) is mapped to the same one label by Metrics.
             route = getattr(scope.get("route"), "path", None)
             label = route or (UNMATCHED if status == 404 else scope["path"])
             self.metrics.observe_request(label, scope["method"], status, time.perf_counter() - started)

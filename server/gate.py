@@ -3,8 +3,13 @@
 At most `concurrency` generations run (worker threads: the pipeline holds no per-request state),
 at most `max_queue` more wait; past that a request is turned away at once (503) instead of
 piling up until every client times out. Each generation runs `pipe.generate` in a worker thread
-and, between denoising steps, checks its `Ticket`: a client that disconnected or a deadline that
-passed stops the loop at the next step.
+and, between denoising steps, checks its `Ticket`: a client that disconnected, a deadline that
+will pass before the remaining steps are done, or a shutdown that cannot wait stops the loop at the
+next step. Finished denoising is never thrown away for the deadline: after the last step the
+decode and the answer always follow.
+
+A request takes its slot *before* its body is read (server/app.py), so the queue bound also bounds
+how many bodies are in memory and being decoded at once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import Outpainter, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
+from .cost import StepCost
+
 
 class QueueFull(Exception):
     """More requests are running and waiting than the queue allows."""
@@ -35,22 +42,31 @@ class Draining(Exception):
 
 
 class DeadlineExceeded(Exception):
-    """The request's time budget (queue wait included) ran out."""
+    """The request's time budget (queue wait included) ran out, or will before its last step."""
 
 
-@dataclass
+class Aborted(Exception):
+    """The server stopped waiting for this generation: a second signal or the drain timeout."""
+
+
+@dataclass(eq=False)  # hashed by identity: the gate keeps a set of the running ones
 class Ticket:
     """One admitted generation: how the request side tells the worker to stop."""
 
     deadline: float  # time.monotonic() after which the generation stops
     disconnected: threading.Event = field(default_factory=threading.Event)
+    aborted: threading.Event = field(default_factory=threading.Event)  # the server is exiting now
     started: float | None = None  # monotonic time a worker picked it up
 
-    def check(self) -> None:
+    def check(self, seconds_left_to_run: float = 0.0) -> None:
+        """Raise if the generation should stop; `seconds_left_to_run` is the estimate of the steps
+        still to come, so a deadline that will pass before them stops the work now, not at the end."""
+        if self.aborted.is_set():
+            raise Aborted("the server is shutting down and could not wait for this generation")
         if self.disconnected.is_set():
             raise Cancelled("the client disconnected")
-        if time.monotonic() > self.deadline:
-            raise DeadlineExceeded("the request did not finish within the server's time limit")
+        if time.monotonic() + seconds_left_to_run > self.deadline:
+            raise DeadlineExceeded("the request would not finish within the server's time limit")
 
 
 class Gate:
@@ -73,6 +89,8 @@ class Gate:
         self.admitted = 0  # running + waiting
         self.running = 0
         self.draining = False
+        self.cost = StepCost()  # seconds per UNet call by canvas, learned from the steps run
+        self._tickets: set[Ticket] = set()  # admitted generations in the workers, for abort_all()
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="outpaint-generate")
         self._running_lock = threading.Lock()
         self._recent_seconds = 0.0  # moving average of a generation's duration, for Retry-After
@@ -133,13 +151,19 @@ class Gate:
         ticket.started = time.monotonic()
         with self._running_lock:
             self.running += 1
+            self._tickets.add(ticket)
         try:
             generator = self.pipeline.generate(source, request)
             try:
                 for item in generator:
                     if isinstance(item, StepEvent):
                         self.on_step(item.seconds)
-                        ticket.check()
+                        self.cost.record(request, item.seconds)
+                        steps_left = item.total - item.index - 1
+                        if steps_left:  # after the last step the result is never thrown away
+                            ticket.check(steps_left * item.seconds)
+                        elif ticket.aborted.is_set() or ticket.disconnected.is_set():
+                            ticket.check()
                     elif isinstance(item, OutpaintResult):
                         encoded = encode(item)
                         self._remember(time.monotonic() - ticket.started)
@@ -150,9 +174,15 @@ class Gate:
         finally:
             with self._running_lock:
                 self.running -= 1
+                self._tickets.discard(ticket)
 
     def _remember(self, seconds: float) -> None:
         self._recent_seconds = seconds if not self._recent_seconds else 0.8 * self._recent_seconds + 0.2 * seconds
+
+    def abort_all(self) -> None:
+        """Stop every generation at its next step (each answers 503 and is refunded)."""
+        for ticket in list(self._tickets):
+            ticket.aborted.set()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

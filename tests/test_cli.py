@@ -122,3 +122,26 @@ def test_explicit_bf16_backend_without_native_bf16_fails_with_the_reason(tiny_mo
     done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(image), "--prompt", "x", "--fast",
                      "--backend", "openvino-bf16", "--out", str(tmp_path / "o.jpg"))
     assert done.returncode == 2 and "this CPU has no native bf16 (OpenVINO reports" in done.stderr
+
+
+@pytest.mark.parametrize("out", ["x.bmp", "x", "folder"])
+def test_a_bad_output_path_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, out):
+    """`--out x.bmp` was refused only after the whole generation."""
+    import time
+
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    (tmp_path / "folder.jpg").mkdir()
+    target = tmp_path / ("folder.jpg" if out == "folder" else out)
+    # A model folder that does not exist: loading it would fail with its own message, so the --out
+    # message proves the output path was checked first.
+    started = time.perf_counter()
+    done = _outpaint("run", "--model", str(tmp_path / "no-model"), "--image", str(image), "--prompt", "x",
+                     "--out", str(target), timeout=120)
+    assert done.returncode != 0 and "does not exist" not in done.stderr, done.stderr
+    assert str(target) in done.stderr and ".jpg, .jpeg, .png, .webp" in done.stderr
+    # With a real model it is refused as fast: no denoising step ran.
+    done = _outpaint("run", "--model", str(tiny_model_dir), "--image", str(image), "--prompt", "x",
+                     "--out", str(target), "--steps", "100", timeout=120)
+    assert done.returncode != 0 and "denoising" not in done.stderr and "seed" not in done.stdout
+    assert time.perf_counter() - started < 60

@@ -222,3 +222,115 @@ def test_fused_attention_export_prints_no_shape_inference_warning(tmp_path):
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "MultiHeadAttention type is missing" not in done.stderr, done.stderr
+
+
+# -- damaged graphs: found at load, replaced at re-export (issue 11) -----------------------------
+
+
+def _statuses(components, folder, **kwargs) -> dict[str, str]:
+    from outpaint.export.onnx_export import export_components
+
+    seen: dict[str, str] = {}
+    export_components(components, folder, progress=lambda graph, status: seen.__setitem__(graph, status), **kwargs)
+    return seen
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_every_graph_file_is_recorded_with_its_size_and_sha256(tiny_model_dir):
+    from outpaint.core.manifest import describe_file
+
+    manifest = Manifest.load(tiny_model_dir)
+    for key, record in manifest.graphs.items():
+        assert record.files is not None and record.file in record.files, key
+        for name, recorded in record.files.items():
+            assert describe_file(tiny_model_dir / name) == recorded, name
+
+
+@pytest.mark.parametrize("graph_file", ["unet/model.mha.onnx", "vae_decoder/model.onnx"])
+def test_a_truncated_graph_is_a_model_error_naming_the_file_and_the_command_that_repairs_it(
+    tiny_model_dir, tmp_path, graph_file
+):
+    """It was an ONNX Runtime protobuf traceback from `run` and `serve`."""
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    _truncate(copy / graph_file)
+    with pytest.raises(ModelError) as info:
+        OutpaintPipeline.load(copy)
+    message = str(info.value)
+    assert graph_file in message and "bytes where the export wrote" in message
+    assert f"outpaint export --random tiny --seed 0 {copy}" in message
+
+
+def test_re_export_replaces_damaged_graphs_and_skips_the_intact_ones(tiny_components, tiny_model_dir, tmp_path):
+    """A truncated graph was skipped as done by every later `outpaint export`, so it stayed broken."""
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    _truncate(copy / "vae_decoder" / "model.onnx")
+    same_size = bytearray((copy / "text_encoder" / "model.onnx").read_bytes())
+    same_size[len(same_size) // 2] ^= 0xFF  # damaged inside, size unchanged: only the hash sees it
+    (copy / "text_encoder" / "model.onnx").write_bytes(bytes(same_size))
+    statuses = _statuses(tiny_components, copy)
+    assert {g for g, s in statuses.items() if s == "done"} == {"vae_decoder", "text_encoder"}
+    assert all(s == "skipped" for g, s in statuses.items() if g not in ("vae_decoder", "text_encoder"))
+    OutpaintPipeline.load(copy)  # loads again
+    assert Manifest.load(copy).graphs["vae_decoder"].problems(copy, hashes=True) == []
+
+
+def test_external_data_files_are_recorded_checked_and_re_exported(tiny_components, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    """The full-size UNet keeps its weights in model.onnx.data: a cut data file is found like a cut graph."""
+    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.export import onnx_export
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = Manifest.load(copy)
+    del manifest.graphs["text_encoder"]  # exported again below, with its weights as external data
+    manifest.save(copy)
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    assert _statuses(tiny_components, copy)["text_encoder"] == "done"
+    record = Manifest.load(copy).graphs["text_encoder"]
+    assert record.files is not None and set(record.files) == {"text_encoder/model.onnx", "text_encoder/model.onnx.data"}
+    OutpaintPipeline.load(copy)
+
+    _truncate(copy / "text_encoder" / "model.onnx.data", keep=0.9)
+    with pytest.raises(ModelError, match=r"text_encoder/model\.onnx\.data has \d+ bytes where the export wrote"):
+        OutpaintPipeline.load(copy)
+    assert _statuses(tiny_components, copy)["text_encoder"] == "done"
+    OutpaintPipeline.load(copy)
+
+
+def test_manifests_without_file_records_still_load_and_their_graphs_are_re_exported(
+    tiny_components, tiny_model_dir, tmp_path
+):
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    for record in data["graphs"].values():
+        record.pop("files")  # as written before sizes and hashes were recorded
+    (copy / "manifest.json").write_text(json.dumps(data))
+    assert all(record.files is None for record in Manifest.load(copy).graphs.values())
+    OutpaintPipeline.load(copy)  # an older export still runs
+    # An export into it re-checks what it cannot verify; here only the text encoder, to stay quick.
+    data["graphs"] = {key: record if key == "text_encoder" else json.loads((tiny_model_dir / "manifest.json")
+                      .read_text())["graphs"][key] for key, record in data["graphs"].items()}
+    (copy / "manifest.json").write_text(json.dumps(data))
+    statuses = _statuses(tiny_components, copy)
+    assert statuses["text_encoder"] == "done" and statuses["unet"] == "skipped"
+    assert Manifest.load(copy).graphs["text_encoder"].files is not None
+
+
+def test_a_damaged_manifest_is_a_model_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format_version": 1, "graphs": {')
+    with pytest.raises(ModelError, match="not valid JSON"):
+        Manifest.load(tmp_path)

@@ -61,3 +61,38 @@ def test_missing_prompt_and_unknown_scheduler():
 
 def test_whole_floats_are_accepted_for_ints():
     assert OutpaintRequest.from_fields({"prompt": "x", "seed": 3.0}, schedulers=NAMES).seed == 3
+
+
+# -- text that is not text, values that are huge (issue 11) -------------------------------------
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("text", ["\ud800", "a lighthouse \udfff", "\udc80" * 3])
+def test_a_lone_surrogate_is_an_invalid_request_naming_the_field(field, text):
+    """JSON "\\ud800" decodes to a lone surrogate; it reached the tokenizer and became a 500."""
+    fields = {"prompt": "x", field: text}
+    with pytest.raises(InvalidRequest) as info:
+        OutpaintRequest.from_fields(fields, schedulers=NAMES)
+    assert info.value.field == field
+    assert "surrogate" in info.value.message and "U+D" in info.value.message
+    info.value.message.encode("utf-8")  # the message itself is valid text (it goes into a JSON body)
+
+
+def test_control_characters_and_characters_beyond_the_bmp_are_accepted():
+    # JSON's "\ud83d\ude02" (a surrogate pair) decodes to this one character: valid text.
+    r = OutpaintRequest.from_fields({"prompt": "a\x00b\x1c", "negative_prompt": "😂"}, schedulers=NAMES)
+    assert r.prompt == "a\x00b\x1c" and r.negative_prompt == "😂"
+
+
+@pytest.mark.parametrize("field", ["scheduler", "infill"])
+def test_a_huge_rejected_value_is_not_echoed_back_whole(field):
+    with pytest.raises(InvalidRequest) as info:
+        OutpaintRequest.from_fields({"prompt": "x", field: "y" * 1_000_000}, schedulers=NAMES)
+    assert info.value.field == field and len(info.value.message) < 300
+    assert "1000002 characters" in info.value.message
+
+
+def test_a_huge_number_is_not_echoed_back_whole():
+    with pytest.raises(InvalidRequest) as info:
+        OutpaintRequest.from_fields({"prompt": "x", "seed": 10**3999}, schedulers=NAMES)
+    assert info.value.field == "seed" and len(info.value.message) < 300

@@ -78,7 +78,17 @@ class OrtGraph:
         self.device = options.device
         if self.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels of the gpu extra, when that is where they are
-        self.session = ort.InferenceSession(str(path), _session_options(options), providers=list(options.providers))
+        try:
+            self.session = ort.InferenceSession(str(path), _session_options(options),
+                                                providers=list(options.providers))
+        except Exception as exc:  # ONNX Runtime's own types (InvalidProtobuf, Fail, ...), not importable stably
+            # A file with the recorded size but damaged inside (or from an export older than the
+            # recorded sizes) gets here: name the file and the fix rather than a protobuf traceback.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"{path} could not be loaded by ONNX Runtime ({first_line[:300]}); if the file is damaged, "
+                "re-run `outpaint export` into the model folder: it re-exports the damaged graphs"
+            ) from exc
         started = self.session.get_providers()[0]
         if started != wanted[0]:
             # ONNX Runtime falls back to the next provider with only a log line when one fails to start.
