@@ -36,6 +36,7 @@ from .body import Disconnected, check_content_type, parse_request_body, read_bod
 from .config import ServerConfig
 from .context import CLIENT_CLOSED, RequestContext
 from .credits import LEASE_MARGIN_S, CreditStore, KeyRevoked, Reservation
+from .docs_pages import add_offline_docs
 from .errors import ApiError, bad_request
 from .gate import Aborted, DeadlineExceeded, Draining, Gate, QueueFull, Ticket
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -306,11 +307,12 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
             store.close()
 
     app = FastAPI(
-        title="outpaint", version="0.1.0", lifespan=lifespan,
+        title="outpaint", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Stable Diffusion 1.5 outpainting, a drop-in replacement for the hosted API "
                     "(see docs/server.md). Every error body is JSON: {\"error\": ..., \"field\": ...}.",
     )
     app.state.service = service
+    add_offline_docs(app)
 
     @app.post(
         ROUTE,

@@ -352,3 +352,16 @@ def test_finished_denoising_is_delivered_even_past_the_deadline(tiny_model_dir):
     gate.shutdown()
     assert time.monotonic() > ticket.deadline and len(calls) == 4
     assert shape == (256, 256, 3) and result.seed == 42
+
+
+def test_docs_pages_load_their_assets_from_the_server(guarded):
+    """Before: /docs and /redoc pulled Swagger UI and ReDoc from a CDN, blank on an offline machine."""
+    server, _ = guarded
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = requests.get(server.url + page, timeout=TIMEOUT)
+        assert html.ok and "cdn" not in html.text.lower() and "https://" not in html.text, html.text[:500]
+        for asset in assets:
+            url = f"{server.url}/docs-assets/{asset}"
+            assert f"/docs-assets/{asset}" in html.text
+            response = requests.get(url, timeout=TIMEOUT)
+            assert response.ok and len(response.content) > 100_000, (url, response.status_code)

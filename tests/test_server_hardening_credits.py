@@ -51,7 +51,7 @@ def hardened(tiny_model_dir, tmp_path_factory):
 
 # -- 5. metrics cardinality ------------------------------------------------------------------------------
 
-METRICS_BOUND_BYTES = 32 * 1024  # /metrics after the probe; it was ~10 KB before it on this server
+METRICS_BOUND_BYTES = 32 * 1024  # /metrics after the probe: 20.7 KB measured; 344 KB before the bound
 
 
 def test_made_up_methods_and_paths_do_not_grow_the_metrics(hardened):
