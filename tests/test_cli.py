@@ -145,3 +145,23 @@ def test_a_bad_output_path_is_refused_before_the_model_loads(tiny_model_dir, tmp
                      "--out", str(target), "--steps", "100", timeout=120)
     assert done.returncode != 0 and "denoising" not in done.stderr and "seed" not in done.stdout
     assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_truncated_graph_is_a_clear_error_from_run_and_serve(tiny_model_dir, tmp_path, command):
+    """It was an ONNX Runtime protobuf traceback."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    graph = model / "unet" / "model.mha.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    args = (["run", "--image", str(image), "--prompt", "x", "--out", str(tmp_path / "o.jpg")] if command == "run"
+            else ["serve", "--no-auth", "--port", "0"])
+    done = _outpaint(*args, "--model", str(model), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "unet/model.mha.onnx has 1000 bytes" in done.stderr
+    assert f"outpaint export --random tiny --seed 0 {model}" in done.stderr

@@ -235,6 +235,7 @@ def test_a_15_mb_prompt_is_cut_not_tokenized_whole(warm, field):
           f"{idle:.0f} MB + {peak - idle:.0f} MB; {held:.0f} MB above idle afterwards (freed, kept by malloc)")
     assert response.status_code == 200, response.text[:300]
     assert seconds < SECONDS_PER_REQUEST and peak - idle < REQUEST_PEAK_MB and held < REQUEST_PEAK_MB
+    assert f"{field} was cut" in response.headers.get("x-warnings", "")  # the client is told
 
 
 # -- items 8 and 10: text that is not text, images that lie ----------------------------------------
@@ -302,6 +303,12 @@ def _battery() -> list[tuple[str, dict, int, str | None]]:
         ("PNG iCCP chunk inflating to 50 MB", {"json": body(image=_b64(_raw_png(
             64, 64, _rows(64, 64), before=_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(bytes(50_000_000), 9)))))},
          400, "image"),
+        ("PNG of 1 M empty chunks (12 MB)", {"json": body(image=_b64(_raw_png(
+            64, 64, _rows(64, 64), before=_chunk(b"quXx", b"") * 1_000_000)))}, 400, "image"),
+        ("JPEG of 3 M empty comments (12 MB)", {"json": body(image=_b64(
+            _noise_jpeg()[:2] + b"\xff\xfe\x00\x02" * 3_000_000 + _noise_jpeg()[2:]))}, 400, "image"),
+        ("JPEG with 12 MB of fill bytes", {"json": body(image=_b64(
+            _noise_jpeg()[:-2] + b"\xff" * 12_000_000 + b"\xff\xd9"))}, 400, "image"),
         ("PNG 1x1 whose IDAT inflates to 200 MB", {"json": body(image=_b64(_raw_png(
             1, 1, zlib.compress(bytes(200_000_000), 9))))}, 200, None),
         ("4096x4096 PNG at the pixel limit", {"json": body(image=_b64(_gradient_png(4096)), scale=0.1)}, 200, None),
