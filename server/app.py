@@ -3,7 +3,7 @@
 One request, in order: key (401) -> balance (406) -> queue slot (503) -> content type and
 encoding (415) -> body size and arrival time (413/408) -> JSON and base64, off the event loop
 (400) -> fields through `OutpaintRequest.from_fields` (400) -> image decode, off the event loop
-(400/413) -> can it finish in time (413/503) -> reserve the credit (406) -> generate in a worker ->
+(400/413) -> can it finish in time (413) -> reserve the credit (406) -> generate in a worker ->
 charge as the JPEG is sent. The slot comes first so that the queue bound also bounds the bodies in
 memory and the images being decoded; the balance is checked before anything is read or decoded, so
 a key without credits costs the server nothing. Every failure after the reservation refunds it.

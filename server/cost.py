@@ -15,16 +15,16 @@ import threading
 from dataclasses import dataclass
 
 from outpaint.engine.request import OutpaintRequest
+from outpaint.engine.schedulers import get_scheduler
+from outpaint.engine.schedulers.base import skip_for_strength
 
-# UNet calls per step: Heun and the DPM2 pair call the model twice, every other scheduler once.
-TWO_CALL_SCHEDULERS = frozenset({"Heun", "DPM2 Karras", "DPM2 a Karras"})
 SMOOTHING = 0.3  # weight of the newest step in the running mean (steps of one canvas vary little)
 
 
 def unet_calls(request: OutpaintRequest) -> int:
     """How many UNet calls the request's denoising makes (strength < 1 skips the first steps)."""
-    steps = min(int(request.num_inference_steps * request.strength), request.num_inference_steps)
-    return max(steps, 1) * (2 if request.scheduler in TWO_CALL_SCHEDULERS else 1)
+    steps = request.num_inference_steps - skip_for_strength(request.num_inference_steps, request.strength)
+    return max(steps, 1) * get_scheduler(request.scheduler).calls_per_step
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ class StepCost:
         self._lock = threading.Lock()
 
     def record(self, request: OutpaintRequest, step_seconds: float) -> None:
-        calls_per_step = 2 if request.scheduler in TWO_CALL_SCHEDULERS else 1
         canvas = (request.img_width, request.img_height)
-        seconds = step_seconds / calls_per_step
+        seconds = step_seconds / get_scheduler(request.scheduler).calls_per_step
         with self._lock:
             known = self._per_call.get(canvas)
             self._per_call[canvas] = seconds if known is None else (1 - SMOOTHING) * known + SMOOTHING * seconds

@@ -180,6 +180,16 @@ def test_every_api_name_is_registered_with_its_reference():
         assert REFERENCES[name][0].removesuffix("Scheduler") in scheduler.reference
 
 
+@pytest.mark.parametrize("name", API_SCHEDULER_NAMES)
+def test_calls_per_step_counts_the_model_calls(name):
+    """The server's cost estimate multiplies steps by it (server/cost.py)."""
+    noise, init, _ = _inputs()
+    steps = 10
+    _, calls = _run_ours(name, steps, 1.0, noise, init)
+    # Two-call methods make one call on their last step (Euler to 0); PNDM one extra on its first.
+    assert abs(len(calls) - steps * SCHEDULERS[name].calls_per_step) <= 1, len(calls)
+
+
 def test_unknown_name_is_rejected_listing_the_valid_names():
     with pytest.raises(InvalidRequest) as info:
         get_scheduler("Euler Karras")

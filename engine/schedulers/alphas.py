@@ -30,6 +30,8 @@ class AlphaSteps:
 class AlphaSpace:
     """start/noised/new_state of schedulers whose levels are alpha-bar (the last level, 1, is clean)."""
 
+    calls_per_step = 1
+
     def start(self, plan: Plan[Any], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:
             return noise.astype(np.float32, copy=True)  # init_noise_sigma is 1

@@ -56,6 +56,7 @@ class Plan(Generic[C_co]):
 class Scheduler(Protocol):
     name: str  # the API's name ("DDIM")
     reference: str  # the diffusers class it corresponds to
+    calls_per_step: int  # UNet calls a step makes (2 for Heun and DPM2's midpoint), for cost estimates
 
     def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[Any]: ...
 

@@ -71,6 +71,8 @@ class VPLevels:
 class DPMSpace:
     """start/noised of the DPM-Solver++ schedulers: alpha_t x_0 + sigma_t eps at the plan's VE sigma."""
 
+    calls_per_step = 1
+
     def start(self, plan: Plan[VPLevels], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:
             return noise.astype(np.float32, copy=True)  # init_noise_sigma is 1

@@ -27,6 +27,7 @@ class Heun(Euler):
 
     name = "Heun"
     reference = "diffusers.HeunDiscreteScheduler"
+    calls_per_step = 2  # the predictor and the corrector
 
     def step(
         self,

@@ -48,6 +48,7 @@ class MidpointSteps:
 class KDPM2(SigmaSpace):
     name = "DPM2 Karras"
     reference = "diffusers.KDPM2DiscreteScheduler (use_karras_sigmas=True)"
+    calls_per_step = 2  # at sigma and at the midpoint
 
     def plan(self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0) -> Plan[MidpointSteps]:
         skip = steps_to_skip(config, num_inference_steps, strength)

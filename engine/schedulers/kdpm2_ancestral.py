@@ -35,6 +35,7 @@ class AncestralMidpointSteps:
 class KDPM2Ancestral(SigmaSpace):
     name = "DPM2 a Karras"
     reference = "diffusers.KDPM2AncestralDiscreteScheduler (use_karras_sigmas=True)"
+    calls_per_step = 2  # at sigma and at the midpoint
 
     def plan(
         self, config: NoiseScheduleConfig, num_inference_steps: int, strength: float = 1.0

@@ -121,6 +121,8 @@ class SigmaSpace:
     blending puts init latents + sigma * noise back, never the variance-preserving formula of DDIM.
     """
 
+    calls_per_step = 1
+
     def start(self, plan: Plan[Any], init_latents: np.ndarray, noise: np.ndarray, pure_noise: bool) -> np.ndarray:
         if pure_noise:
             return (noise * plan.init_noise_sigma).astype(np.float32)
