@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from outpaint.core.errors import BackendUnavailable
-from outpaint.engine.cpu_features import cpu_features
+from outpaint.engine.backends.openvino import check_precision_supported
 
 from .config import BenchConfig
 from .recorder import Recorder
@@ -52,9 +52,8 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     from outpaint.core.manifest import Manifest
 
     precision = PRECISION_HINT[system]
-    features = cpu_features()
-    if precision == "bf16" and not features.native_bf16:
-        raise BackendUnavailable(f"{system} needs native bf16, which this CPU lacks ({features.bf16_source()})")
+    if precision == "bf16":
+        check_precision_supported("bf16")  # the same refusal as our openvino-bf16 backend's
     core = ov.Core()
     folder = Path(config.model_dir)
     manifest = Manifest.load(folder)
