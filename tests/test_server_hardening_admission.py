@@ -12,7 +12,6 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from outpaint.server.credits import CreditStore
 from outpaint.server.process import ServerProcess, start_server
 
 from .conftest import make_png
+from .process_memory import peak_mb
 from .test_server import (
     ROUTE,
     TIMEOUT,
@@ -42,21 +42,6 @@ from .test_server import (
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 64
-
-
-def peak_rss_mib(server: ServerProcess) -> float:
-    """The server process's peak resident memory so far (the kernel's VmHWM)."""
-    for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
-
-
-def current_rss_mib(server: ServerProcess) -> float:
-    for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/PID/status")
 
 
 def address(server: ServerProcess) -> tuple[str, int]:
@@ -108,7 +93,7 @@ def test_a_key_without_credits_costs_no_decoding(guarded):
     server, keys = guarded
     _, broke = keys.new(0)
     body = big_png_body(4)
-    before = peak_rss_mib(server)
+    before = peak_mb(server.pid)
     started = time.monotonic()
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: post(server, body, broke), range(20)))
@@ -117,7 +102,7 @@ def test_a_key_without_credits_costs_no_decoding(guarded):
         assert "not enough credits" in assert_json_error(r, 406)["error"]
     assert elapsed < 20, f"20 refusals took {elapsed:.1f} s"
     # 20 bodies of ~5.5 MB base64 were sent; none was read into memory and decoded.
-    assert peak_rss_mib(server) - before < 100, (before, peak_rss_mib(server))
+    assert peak_mb(server.pid) - before < 100, (before, peak_mb(server.pid))
 
 
 def test_a_burst_is_turned_away_before_its_bodies_are_read(guarded):
@@ -126,7 +111,7 @@ def test_a_burst_is_turned_away_before_its_bodies_are_read(guarded):
     server, keys = guarded
     _, key = keys.new(100)
     body = big_png_body(4, seed=1)
-    before = peak_rss_mib(server)
+    before = peak_mb(server.pid)
     health: list[float] = []
 
     def probe_health() -> None:
@@ -152,7 +137,7 @@ def test_a_burst_is_turned_away_before_its_bodies_are_read(guarded):
     assert time.monotonic() - started < 60
     assert max(health) < 2.0, health
     # At most 3 bodies (12 MiB limit each) were in memory at once, with their decoded images.
-    grown = peak_rss_mib(server) - before
+    grown = peak_mb(server.pid) - before
     print(f"burst of 30 x {len(body['image']) / 2**20:.1f} MiB: peak RSS grew {grown:.0f} MiB; /healthz max "
           f"{max(health) * 1000:.0f} ms")
     assert grown < 400, grown
