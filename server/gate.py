@@ -58,14 +58,15 @@ class Ticket:
     aborted: threading.Event = field(default_factory=threading.Event)  # the server is exiting now
     started: float | None = None  # monotonic time a worker picked it up
 
-    def check(self, seconds_left_to_run: float = 0.0) -> None:
+    def check(self, seconds_left_to_run: float | None = 0.0) -> None:
         """Raise if the generation should stop; `seconds_left_to_run` is the estimate of the steps
-        still to come, so a deadline that will pass before them stops the work now, not at the end."""
+        still to come, so a deadline that will pass before them stops the work now, not at the end.
+        None: no step is left, and finished denoising is never thrown away for the deadline."""
         if self.aborted.is_set():
             raise Aborted("the server is shutting down and could not wait for this generation")
         if self.disconnected.is_set():
             raise Cancelled("the client disconnected")
-        if time.monotonic() + seconds_left_to_run > self.deadline:
+        if seconds_left_to_run is not None and time.monotonic() + seconds_left_to_run > self.deadline:
             raise DeadlineExceeded("the request would not finish within the server's time limit")
 
 
@@ -160,10 +161,7 @@ class Gate:
                         self.on_step(item.seconds)
                         self.cost.record(request, item.seconds)
                         steps_left = item.total - item.index - 1
-                        if steps_left:  # after the last step the result is never thrown away
-                            ticket.check(steps_left * item.seconds)
-                        elif ticket.aborted.is_set() or ticket.disconnected.is_set():
-                            ticket.check()
+                        ticket.check(steps_left * item.seconds if steps_left else None)
                     elif isinstance(item, OutpaintResult):
                         encoded = encode(item)
                         self._remember(time.monotonic() - ticket.started)
