@@ -10,6 +10,7 @@ from pathlib import Path
 from outpaint.engine.backends.registry import BACKENDS
 
 from .config import SYSTEMS, WHOLE_DEFAULT, BenchConfig, FastSettings
+from .quality.cli import add_quality_args, cmd_quality
 
 TINY_DEFAULTS = {"unet_canvases": ("256x256", "384x256"), "outpaint_canvas": "256x256"}
 # Only the full-size run writes the committed results; a smoke run's timings mean nothing.
@@ -65,6 +66,7 @@ def add_bench(sub) -> None:
     p.add_argument("--wait-load", type=float, default=None,
                    help="before starting, wait until the 1-minute load average is below this")
     p.add_argument("--wait-max-s", type=float, default=600.0, help="longest wait for --wait-load, seconds")
+    add_quality_args(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -98,6 +100,8 @@ def cmd_bench(args) -> int:
     from . import report
     from .run import run_benchmark, wait_for_quiet
 
+    if args.quality:
+        return cmd_quality(args)
     config = config_from_args(args)
     out = results_path(args)
     if args.wait_load is not None:

@@ -58,6 +58,7 @@ from .guidance import UNetFn, guided_denoiser
 from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SCHEDULERS, NoiseScheduleConfig, get_scheduler
+from .seam import seam_score
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("outpaint")
@@ -73,6 +74,8 @@ class OutpaintResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     step_seconds: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # engine/seam.py: ~1 smooth, well above 1 a visible seam; None with nothing to compare (x-seam-score)
+    seam: float | None = None
 
 
 @dataclass(frozen=True)
@@ -303,10 +306,13 @@ class OutpaintPipeline:
         started = time.perf_counter()
         image = cv.paste_back(decoded, cond.canvas)
         timings["paste_back"] = time.perf_counter() - started
+        started = time.perf_counter()
+        seam = seam_score(image, cond.canvas.known)
+        timings["seam_score"] = time.perf_counter() - started
         timings["total"] = time.perf_counter() - total_started
         yield OutpaintResult(
             image=image, seed=seed, decoded=decoded, latents=latents, canvas=cond.canvas,
-            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings),
+            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings), seam=seam,
         )
 
     def __call__(

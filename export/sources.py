@@ -36,6 +36,7 @@ def fingerprint_files(paths: list[Path], root: Path) -> str:
 
 
 def _from_diffusers_folder(folder: Path) -> Components:
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -50,9 +51,11 @@ def _from_diffusers_folder(folder: Path) -> Components:
         raise ModelError(f"{scheduler_file} is missing")
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return Components(
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
-        unet=UNet2DConditionModel.from_pretrained(folder / "unet").eval(),
-        vae=AutoencoderKL.from_pretrained(folder / "vae").eval(),
+        # float32 whatever the files hold: fp16 weights (SD 1.5's fp16 variant, the trained small
+        # model) would otherwise load as fp16 modules and export mixed-precision graphs.
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32).eval(),
+        unet=UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32).eval(),
+        vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).eval(),
         tokenizer_dir=folder / "tokenizer",
         scheduler_config=json.loads(scheduler_file.read_text()),
         fingerprint=fingerprint_files(files, folder),

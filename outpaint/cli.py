@@ -14,6 +14,7 @@ from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
+from outpaint.training.cli import add_train
 
 FAST_HELP = ("CPU fast path: UNet window around the new area, deep UNet features reused across steps; "
              "approximate inside the new area (docs/benchmarks.md). Without --backend it runs the fastest "
@@ -113,16 +114,19 @@ def _cmd_run(args) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     save_image(result.image, args.out)
-    print(f"seed {result.seed}; wrote {args.out}")
+    seam = "none (no boundary)" if result.seam is None else f"{result.seam:.3f} (about 1: no visible seam)"
+    print(f"seed {result.seed}; seam score {seam}; wrote {args.out}")
     return 0
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="outpaint a generated sample image with the tiny random model")
-    p.add_argument("--model", type=Path, default=Path("models/tiny"), help="where the tiny model is (built if missing)")
+    p = sub.add_parser("demo", help="outpaint a held-out scene with the small model trained here, beside its truth")
+    p.add_argument("--weights", type=Path, default=Path("weights/scenes"), help="the trained diffusers folder")
+    p.add_argument("--model", type=Path, default=Path("models/scenes"),
+                   help="its exported graphs (exported there on the first run)")
     p.add_argument("--out", type=Path, default=Path("out/demo.jpg"))
     p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--height", type=int, default=256)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=_cmd_demo)
@@ -131,7 +135,8 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> int:
     from outpaint.demo import run_demo
 
-    run_demo(args.model, args.out, width=args.width, height=args.height, steps=args.steps, seed=args.seed)
+    run_demo(args.weights, args.model, args.out, width=args.width, height=args.height, steps=args.steps,
+             seed=args.seed)
     return 0
 
 
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info,
+                add_train):
         add(sub)
     return parser
 

@@ -226,7 +226,7 @@ class OutpaintService:
             watcher = asyncio.create_task(_watch_disconnect(request.receive, ticket))
             try:
                 result, jpeg = await self._generate(source, outpaint_request, ticket)
-                headers = {"x-seed": str(result.seed), **_warning_headers(result.warnings),
+                headers = {"x-seed": str(result.seed), **_seam_header(result.seam), **_warning_headers(result.warnings),
                            **await self.credit_headers(call)}
                 # Stored before the charge: once charged, a retry with its key gets this image.
                 await self.idempotency.store_response(call.idempotency, request_id, headers, jpeg)
@@ -266,6 +266,13 @@ class OutpaintService:
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(503, message, headers={"retry-after": str(self.gate.retry_after_seconds())})
+
+
+def _seam_header(seam: float | None) -> dict[str, str]:
+    """`x-seam-score` (engine/seam.py): about 1 where the boundary is as smooth as the picture around
+    it, well above 1 for a visible seam; absent when the image has no boundary to score. Lets a
+    service retry or flag a bad result without looking at it."""
+    return {} if seam is None else {"x-seam-score": f"{seam:.3f}"}
 
 
 def _warning_headers(warnings: list[str]) -> dict[str, str]:
@@ -321,8 +328,8 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
         responses={
             200: {"description": "the generated image, exactly img_width x img_height",
                   "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-                  "headers": {h: {"schema": {"type": "string"}} for h in ("x-seed", "x-remaining-credits",
-                                                                          "x-request-id")}},
+                  "headers": {h: {"schema": {"type": "string"}} for h in ("x-seed", "x-seam-score",
+                                                                          "x-remaining-credits", "x-request-id")}},
             400: error_response("malformed JSON, bad base64, not an image, a field out of range or of the wrong type"),
             401: error_response("missing or unknown x-api-key"),
             406: error_response("not enough credits (nothing charged)", headers=("x-remaining-credits",)),

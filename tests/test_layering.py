@@ -20,6 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"core", "kernels", "engine"},
     "server": {"core", "engine"},
     "benchmarks": {"core", "kernels", "engine", "export", "server", "scenes"},
+    # Trains the small model; writes a diffusers folder that `export` reads like any other.
+    "training": {"core", "export", "scenes"},
 }
 
 

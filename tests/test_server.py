@@ -150,6 +150,7 @@ def test_reference_client_from_the_api_doc(server, keys):
     r = requests.post(url, json=data, headers={"x-api-key": key}, timeout=TIMEOUT)   # r.content is a JPEG
     assert jpeg_size(r) == (256, 256)
     assert r.headers["x-seed"] == "124567"
+    assert float(r.headers["x-seam-score"]) > 0  # engine/seam.py; its meaning is tested in test_seam.py
     assert r.headers["x-remaining-credits"] == "2"
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
     assert keys.balance(key_id) == 2

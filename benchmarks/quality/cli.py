@@ -1,0 +1,47 @@
+"""The options of `outpaint bench --quality` (docs/quality.md)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_quality_args(p) -> None:
+    from .cases import CASES
+    from .run import DEFAULT_MODEL, DEFAULT_WEIGHTS, SYSTEMS
+
+    g = p.add_argument_group("quality (--quality): outpainting of held-out scenes against their ground truth")
+    g.add_argument("--quality", action="store_true",
+                   help="run the quality benchmark on the trained model instead of the speed benchmark")
+    g.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="the trained diffusers folder")
+    g.add_argument("--quality-model", type=Path, default=DEFAULT_MODEL,
+                   help="its exported graphs (exported there when missing or stale)")
+    g.add_argument("--quality-systems", default=",".join(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
+    g.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
+    g.add_argument("--scenes", type=int, help="at most this many held-out scenes per case (default: each case's)")
+    g.add_argument("--quality-out", type=Path, default=Path("benchmarks/quality.json"),
+                   help="JSON results; the markdown table goes beside it as QUALITY.md")
+    g.add_argument("--contact-sheet", type=Path, default=Path("docs/images/quality-contact-sheet.jpg"))
+
+
+def cmd_quality(args) -> int:
+    from .cases import case_by_name
+    from .run import QualityConfig, run_quality
+
+    try:
+        cases = [case_by_name(name) for name in args.cases.split(",") if name]
+    except ValueError as exc:
+        raise SystemExit(f"outpaint bench --quality: {exc}") from None
+    command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
+    config = QualityConfig(
+        weights=args.weights, model=args.quality_model,
+        systems=tuple(n for n in args.quality_systems.split(",") if n), cases=cases, scenes=args.scenes,
+        out_json=args.quality_out, out_markdown=args.quality_out.with_name("QUALITY.md"),
+        out_sheet=args.contact_sheet, command=command,
+    )
+    result = run_quality(config)
+    print(json.dumps({name: s["total"] for name, s in result["summary"].items()}, indent=1))
+    print(f"wrote {config.out_json}, {config.out_markdown}, {config.out_sheet}")
+    return 0

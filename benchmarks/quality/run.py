@@ -1,0 +1,151 @@
+"""`outpaint bench --quality`: every case x held-out scene x system, scored against the ground truth;
+writes the JSON, the markdown table and the contact sheet."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from outpaint.scenes import held_out_seeds, scene_from_seed
+
+from ..machine import describe_machine
+from .cases import CASES, Case
+from .report import contact_sheet, markdown
+from .score import score
+from .systems import Diffusers, Fill, Ours, System
+
+DEFAULT_WEIGHTS = Path("weights/scenes")
+DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
+SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
+# Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread) and
+# "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off").
+RESEED = "outpaint-ort-cpu-reseed"
+
+
+def fast_options(name: str):
+    """FastPathOptions of "outpaint-fast" (the defaults) or "outpaint-fast:WINDOW:INTERVAL:TAIL"."""
+    from outpaint.engine.fast_path import FastPathOptions
+
+    if name == "outpaint-fast":
+        return FastPathOptions()
+    try:
+        window, interval, tail = name.split(":")[1:]
+        return FastPathOptions(window_margin=None if window == "off" else int(window),
+                               feature_cache_interval=int(interval), unguided_tail_steps=int(tail))
+    except ValueError:
+        raise ValueError(f"{name!r}: a fast-path variant is outpaint-fast:WINDOW:INTERVAL:TAIL, "
+                         "e.g. outpaint-fast:7:3:0 or outpaint-fast:off:1:2") from None
+
+
+@dataclass
+class QualityConfig:
+    weights: Path = DEFAULT_WEIGHTS
+    model: Path = DEFAULT_MODEL
+    systems: Sequence[str] = SYSTEMS
+    cases: Sequence[Case] = CASES
+    scenes: int | None = None  # cap on held-out scenes per case (None: each case's own count)
+    out_json: Path = Path("benchmarks/quality.json")
+    out_markdown: Path = Path("benchmarks/QUALITY.md")
+    out_sheet: Path = Path("docs/images/quality-contact-sheet.jpg")
+    command: str = "outpaint bench --quality"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_exported(weights: Path, model: Path) -> Path:
+    """Export the trained weights once (idempotent: an up-to-date export is kept)."""
+    from outpaint.export.onnx_export import export_components
+    from outpaint.export.sources import load_components
+
+    export_components(load_components(str(weights)), model)
+    return model
+
+
+def build_systems(config: QualityConfig) -> list[System]:
+    from outpaint.engine.cpu_features import fast_backend
+    from outpaint.engine.fast_path import EXACT
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    systems: list[System] = []
+    for name in config.systems:
+        if name == "infill":
+            systems.append(Fill(name, "pushpull"))
+        elif name == "gray":
+            systems.append(Fill(name, "gray"))
+        elif name == "outpaint-ort-cpu":
+            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT)))
+        elif name == "outpaint-openvino-fp32":
+            systems.append(Ours(name, OutpaintPipeline.load(config.model, "openvino-fp32", options=EXACT)))
+        elif name == RESEED:
+            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT), seed_offset=1))
+        elif name.startswith("outpaint-fast"):
+            systems.append(Ours(name, OutpaintPipeline.load(config.model, fast_backend().backend,
+                                                            options=fast_options(name))))
+        elif name == "diffusers-inpaint":
+            systems.append(Diffusers(config.weights))
+        else:
+            raise ValueError(f"unknown quality system {name!r}; the systems are {', '.join(SYSTEMS)}")
+    return systems
+
+
+def mean_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the numeric scores of `rows` and the structure pass rate."""
+    out: dict[str, Any] = {"n": len(rows)}
+    for key in ("psnr_db", "ssim", "seam", "ciede2000_band", "seconds"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = round(float(np.mean(values)), 4) if values else None
+    out["structure_ok"] = round(float(np.mean([r["structure"]["ok"] for r in rows])), 3)
+    return out
+
+
+def run_quality(config: QualityConfig) -> dict[str, Any]:
+    if any(name.startswith("outpaint-") for name in config.systems):
+        ensure_exported(config.weights, config.model)
+    systems = build_systems(config)
+    rows: list[dict[str, Any]] = []
+    sheet: dict[str, dict[str, np.ndarray]] = {}
+    work = [(case, seed) for case in config.cases
+            for seed in held_out_seeds(min(case.scenes, config.scenes or case.scenes))]
+    for case, seed in tqdm(work, desc="quality", unit="scene"):
+        scene = scene_from_seed(seed)
+        truth, source = case.truth(scene), case.source_image(scene)
+        truth_seam = score(case, scene, truth, truth)["seam"]
+        for system in systems:
+            started = time.perf_counter()
+            image = system.outpaint(case, source, scene.caption(), seed)
+            seconds = time.perf_counter() - started
+            rows.append({"case": case.name, "seed": seed, "kind": type(scene).__name__.lower(),
+                         "system": system.name, "seconds": round(seconds, 3) if system.generative else None,
+                         "truth_seam": truth_seam, **score(case, scene, image, truth)})
+            if seed == held_out_seeds(1)[0]:
+                sheet.setdefault(case.name, {"truth": truth})[system.name] = image
+    summary: dict[str, Any] = {}
+    for system in systems:
+        mine = [r for r in rows if r["system"] == system.name]
+        summary[system.name] = {"total": mean_scores(mine),
+                                **{c.name: mean_scores([r for r in mine if r["case"] == c.name]) for c in config.cases}}
+    truth_seams = [r["truth_seam"] for r in rows if r["truth_seam"] is not None]
+    result = {
+        "command": config.command,
+        "machine": describe_machine(),
+        "weights": str(config.weights),
+        "cases": [{"name": c.name, "canvas": f"{c.width}x{c.height}", "source": vars(c.source), "scale": c.scale,
+                   "view_height": c.view_height} for c in config.cases],
+        "settings": {"steps": 25, "scheduler": "DDIM", "guidance_scale": 7.5, "mask_expand": 8, "infill": "pushpull"},
+        "truth_seam_mean": round(float(np.mean(truth_seams)), 3) if truth_seams else None,
+        "summary": summary,
+        "rows": rows,
+        **config.extra,
+    }
+    for path in (config.out_json, config.out_markdown, config.out_sheet):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    config.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    config.out_markdown.write_text(markdown(result))
+    contact_sheet(config.out_sheet, sheet, [s.name for s in systems])
+    return result

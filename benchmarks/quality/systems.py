@@ -1,0 +1,107 @@
+"""What the benchmark compares, each as `outpaint(case, source, prompt, seed) -> (H, W, 3) uint8`:
+the naive fills, our pipeline on each backend and on the fast path, and diffusers' inpaint pipeline
+on the same weights with the same noise, infill, mask and paste-back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from outpaint.engine import canvas as cv
+from outpaint.engine.request import OutpaintRequest
+
+from .cases import Case
+
+STEPS = 25  # the hosted API's defaults for everything the case does not set
+GUIDANCE = 7.5
+
+
+def request_for(case: Case, prompt: str, seed: int) -> OutpaintRequest:
+    return OutpaintRequest(prompt=prompt, num_inference_steps=STEPS, img_width=case.width, img_height=case.height,
+                           scale=case.scale, offset_x=case.source.x, offset_y=case.source.y,
+                           guidance_scale=GUIDANCE, seed=seed)
+
+
+def _source(pixels: np.ndarray) -> cv.SourceImage:
+    return cv.SourceImage(rgb=pixels, known=np.ones(pixels.shape[:2], bool))
+
+
+def _placed(case: Case, pixels: np.ndarray, request: OutpaintRequest) -> cv.Canvas:
+    return cv.make_canvas(_source(pixels), width=case.width, height=case.height, scale=case.scale,
+                          offset_x=case.source.x, offset_y=case.source.y, mask_expand=request.mask_expand)
+
+
+class System(Protocol):
+    name: str
+    generative: bool
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray: ...
+
+
+@dataclass
+class Fill:
+    """A naive baseline: the canvas after the infill alone (`pushpull`: the pipeline's own infill)."""
+
+    name: str
+    mode: str
+    generative: bool = False
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        canvas = _placed(case, source, request_for(case, prompt, seed))
+        return cv.infill(canvas, self.mode, np.random.default_rng(seed))
+
+
+@dataclass
+class Ours:
+    """Our pipeline as a user runs it: OutpaintPipeline.load(model, backend, options)(source, request).
+
+    `seed_offset` 1 draws other noise for the same scene: the full path's own seed-to-seed spread,
+    which sets the bar for the fast path's levers (docs/quality.md)."""
+
+    name: str
+    pipeline: object
+    seed_offset: int = 0
+    generative: bool = True
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        request = request_for(case, prompt, seed + self.seed_offset)
+        return self.pipeline(_source(source), request).image  # type: ignore[operator]
+
+
+class Diffusers:
+    """diffusers' StableDiffusionInpaintPipeline (4-channel UNet: it blends the known latents each step)
+    on the same diffusers folder, fed our infilled canvas, mask and initial noise."""
+
+    name = "diffusers-inpaint"
+    generative = True
+
+    def __init__(self, weights: Path) -> None:
+        import torch
+        from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(str(weights), torch_dtype=torch.float32,
+                                                              safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        request = request_for(case, prompt, seed)
+        placed = _placed(case, source, request)
+        infilled = cv.infill(placed, request.infill, np.random.default_rng([seed, 1]))
+        # Our pipeline's initial noise for this seed, so the two engines start from the same point.
+        noise = np.random.default_rng(seed).standard_normal((1, 4, case.height // 8, case.width // 8), dtype=np.float32)
+        with torch.no_grad():
+            out = self.pipe(prompt=prompt, negative_prompt="", image=Image.fromarray(infilled),
+                            mask_image=Image.fromarray((placed.mask * 255).astype(np.uint8)),
+                            height=case.height, width=case.width, num_inference_steps=STEPS,
+                            guidance_scale=GUIDANCE, strength=1.0, latents=torch.from_numpy(noise),
+                            output_type="np").images[0]  # type: ignore[union-attr]
+        decoded = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+        return cv.paste_back(decoded, placed)
