@@ -42,6 +42,8 @@ from outpaint.core.manifest import Manifest
 
 from . import canvas as cv
 from .backends.registry import load_graphs
+from .colour_match import COLOUR_MATCH_DEFAULT, match_colours
+from .colour_match import MODES as COLOUR_MATCH_MODES
 from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
 from .device_loop import supports as device_loop_supports
 from .fast_path import (
@@ -110,7 +112,8 @@ class OutpaintPipeline:
 
     `options` are the fast path's levers (engine/fast_path.py); the default, EXACT, turns every one
     off. `device_loop` None keeps the loop on the device where the UNet runs on a GPU and the levers
-    are off (they act on the host loop's UNet calls); True insists, False never.
+    are off (they act on the host loop's UNet calls); True insists, False never. `colour_match`
+    harmonises the new area's colours to the source before paste-back (engine/colour_match.py).
     """
 
     def __init__(
@@ -119,8 +122,13 @@ class OutpaintPipeline:
         backend: str = "ort-cpu",
         device_loop: bool | None = None,
         options: FastPathOptions = EXACT,
+        colour_match: str = COLOUR_MATCH_DEFAULT,
     ) -> None:
         folder = Path(folder)
+        if colour_match not in COLOUR_MATCH_MODES:
+            raise InvalidRequest("colour_match",
+                                 f"must be one of {', '.join(COLOUR_MATCH_MODES)}, got {colour_match!r}")
+        self.colour_match = colour_match
         if not folder.is_dir():
             raise ModelError(
                 f"model folder {folder} does not exist; export one with `outpaint export SRC {folder}` "
@@ -159,8 +167,9 @@ class OutpaintPipeline:
         backend: str = "ort-cpu",
         device_loop: bool | None = None,
         options: FastPathOptions = EXACT,
+        colour_match: str = COLOUR_MATCH_DEFAULT,
     ) -> OutpaintPipeline:
-        return cls(Path(folder), backend, device_loop, options)
+        return cls(Path(folder), backend, device_loop, options, colour_match)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -304,6 +313,10 @@ class OutpaintPipeline:
                                 self.options.decode_margin)
         timings["vae_decode"] = time.perf_counter() - started
         started = time.perf_counter()
+        if self.colour_match != "off":
+            decoded = match_colours(decoded, cond.canvas.rgb, cond.canvas.known, self.colour_match)
+            timings["colour_match"] = time.perf_counter() - started
+            started = time.perf_counter()
         image = cv.paste_back(decoded, cond.canvas)
         timings["paste_back"] = time.perf_counter() - started
         started = time.perf_counter()

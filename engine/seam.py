@@ -9,17 +9,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
+from .colour import lightness
+
 BAND_PX = 8  # either side of the boundary: covers the paste-back ramp (mask_expand 8) and a sharp step alike
 REFERENCE_PX = (12, 24)  # the lines beside the seam it is compared with, either side
 SMOOTH_PX = 3.0  # Gaussian sigma: texture averages out, a jump that runs along the boundary stays
-_LUMA = np.array([0.2126, 0.7152, 0.0722])  # sRGB primaries' share of luminance Y
-
-
-def lightness(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 sRGB -> (H, W) float64 CIE L* (0-100)."""
-    c = rgb.astype(np.float64) / 255.0
-    y = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ _LUMA
-    return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
 
 
 def seam_score(image: np.ndarray, known: np.ndarray) -> float | None:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from outpaint.engine.seam import lightness, seam_score
+from outpaint.engine.colour import lightness
+from outpaint.engine.seam import seam_score
 
 
 def _gradient_picture(height: int = 128, width: int = 192) -> np.ndarray:

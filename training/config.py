@@ -80,7 +80,10 @@ class VaeRecipe:
 
 @dataclass(frozen=True)
 class UnetRecipe:
-    steps: int = 4000
+    steps: int = 3000
+    # The cosine runs over this many steps and training stops at `steps`: the session's time budget
+    # cut the run short after it had started with 4000 (the learning rate ends at 25 % of its peak).
+    schedule_steps: int = 4000
     # (latent height, latent width, batch): the same number of latent pixels each, so every step
     # costs about the same: 128 px crops teach the scenes' detail, the native 256 px and the
     # oblong shapes teach the canvases outpainting asks for.

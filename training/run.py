@@ -126,5 +126,6 @@ def quick_recipe(vae_steps: int, unet_steps: int, cache_images: int) -> Recipe:
     """A recipe with fewer steps (tests, smoke runs); everything else as the real one."""
     base = Recipe()
     return replace(base, vae=replace(base.vae, steps=vae_steps, warmup=min(base.vae.warmup, vae_steps)),
-                   unet=replace(base.unet, steps=unet_steps, warmup=min(base.unet.warmup, unet_steps),
+                   unet=replace(base.unet, steps=unet_steps, schedule_steps=unet_steps,
+                                warmup=min(base.unet.warmup, unet_steps),
                                 cache_images=cache_images))

@@ -84,7 +84,7 @@ def train_unet(recipe: UnetRecipe, cache: dict[str, np.ndarray], state_path: Pat
         weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
         loss = (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, recipe.lr, recipe.warmup, recipe.steps)
+            group["lr"] = lr_at(step, recipe.lr, recipe.warmup, recipe.schedule_steps)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

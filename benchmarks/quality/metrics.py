@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
+from outpaint.engine.colour import ciede2000, srgb_to_lab
 from outpaint.engine.seam import seam_score as engine_seam_score
-
-from .colour import ciede2000, srgb_to_lab
 
 BAND_PX = 32  # the colour-shift band: new-area pixels this close to the source
 

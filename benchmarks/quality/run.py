@@ -19,13 +19,14 @@ from ..machine import describe_machine
 from .cases import CASES, Case
 from .report import contact_sheet, markdown
 from .score import score
-from .systems import Diffusers, Fill, Ours, System
+from .systems import ColourMatched, Diffusers, Fill, Ours, System
 
 DEFAULT_WEIGHTS = Path("weights/scenes")
 DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
 SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
-# Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread) and
-# "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off").
+# Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread),
+# "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off") and
+# "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu).
 RESEED = "outpaint-ort-cpu-reseed"
 
 
@@ -82,6 +83,11 @@ def build_systems(config: QualityConfig) -> list[System]:
             systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT)))
         elif name == "outpaint-openvino-fp32":
             systems.append(Ours(name, OutpaintPipeline.load(config.model, "openvino-fp32", options=EXACT)))
+        elif name.startswith("outpaint-ort-cpu+colour-"):
+            base = next((s for s in systems if s.name == "outpaint-ort-cpu"), None)
+            if not isinstance(base, Ours):
+                raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
+            systems.append(ColourMatched(name, base, name.removeprefix("outpaint-ort-cpu+colour-")))
         elif name == RESEED:
             systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT), seed_offset=1))
         elif name.startswith("outpaint-fast"):

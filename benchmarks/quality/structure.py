@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import find_objects, label
 
-from .colour import ciede2000, srgb_to_lab
+from outpaint.engine.colour import ciede2000, srgb_to_lab
 
 BODY_COLOURS = {"sun": (255, 240, 180), "moon": (230, 230, 240)}  # as scenes/landscape.py draws them
 HORIZON_TOLERANCE = 0.03  # of the canvas height

@@ -11,6 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from outpaint.engine import canvas as cv
+from outpaint.engine.colour_match import match_colours
+from outpaint.engine.pipeline import OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
 from .cases import Case
@@ -65,10 +67,30 @@ class Ours:
     pipeline: object
     seed_offset: int = 0
     generative: bool = True
+    last: OutpaintResult | None = None  # the latest result, for the systems that post-process it
 
     def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
         request = request_for(case, prompt, seed + self.seed_offset)
-        return self.pipeline(_source(source), request).image  # type: ignore[operator]
+        self.last = self.pipeline(_source(source), request)  # type: ignore[operator]
+        return self.last.image
+
+
+@dataclass
+class ColourMatched:
+    """`base`'s latest generation with its colours matched (engine/colour_match.py) before paste-back:
+    the same as running the pipeline with `colour_match=mode`, without generating again."""
+
+    name: str
+    base: Ours
+    mode: str
+    generative: bool = False  # it adds no generation; its time is the base's
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        result = self.base.last
+        if result is None:
+            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        matched = match_colours(result.decoded, result.canvas.rgb, result.canvas.known, self.mode)
+        return cv.paste_back(matched, result.canvas)
 
 
 class Diffusers:

@@ -1,4 +1,5 @@
-"""sRGB to CIELAB (D65) and the CIEDE2000 colour difference, vectorised over images."""
+"""sRGB <-> CIELAB (D65) and the CIEDE2000 colour difference, vectorised over images: the colour
+match and the seam score work in L*a*b*, the quality benchmark scores in CIEDE2000."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 sRGB -> (...) float64 CIE L* (0-100): srgb_to_lab's first channel, alone."""
+    c = rgb.astype(np.float64) / 255.0
+    y = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ _SRGB_TO_XYZ[1]
+    return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
 
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
