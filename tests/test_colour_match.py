@@ -14,7 +14,8 @@ def _scene(height: int = 96, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
     """A textured gradient and a known mask (the left 96 columns)."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:height, 0:width]
-    rgb = np.stack([80 + 0.5 * y + 0.2 * x, 120 + 0.3 * x, 160 - 0.4 * y], axis=-1) + rng.normal(0, 4, (height, width, 3))
+    rgb = np.stack([80 + 0.5 * y + 0.2 * x, 120 + 0.3 * x, 160 - 0.4 * y], axis=-1)
+    rgb = rgb + rng.normal(0, 4, (height, width, 3))
     known = np.zeros((height, width), bool)
     known[:, :96] = True
     return rgb.clip(0, 255).astype(np.uint8), known
