@@ -57,6 +57,7 @@ def test_demo_reuses_a_model_and_reports_stages(tiny_model_dir, tmp_path):
     done = _outpaint("demo", "--model", str(tiny_model_dir), "--out", str(out), "--width", "256", "--height", "256")
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (256, 256)
+    assert Image.open(tmp_path / "demo-compare.jpg").size == (3 * 256 + 32, 256 + 28)  # source | ours | truth
     for stage in ("text_encoder", "vae_encode", "denoise", "vae_decode", "per denoising step"):
         assert stage in done.stdout
 
