@@ -17,10 +17,13 @@ from outpaint.scenes import held_out_seeds, scene_from_seed
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "scenes"
 SCENES = 4
-# The benchmark measured ours (ort-cpu) against the best naive baseline on right_50 over its held-out
-# scenes (benchmarks/QUALITY.md); the test asks for a part of that lead, so that seed-to-seed spread
-# over only SCENES scenes cannot fail a working model, while every sabotage below loses far more.
-QUALITY_MARGIN_DB = 1.0
+# Measured on these four scenes and seeds (Ice Lake, ort-cpu): the committed model leads the best
+# baseline (the infill) by 0.61 dB (18.13 against 17.52 dB); with the sabotages below the lead is
+# -9.62 dB (shuffled UNet weights), -5.78 (SD 1.5's VAE scaling factor instead of the measured one),
+# -4.65 (no latent blending) and -2.27 (guidance reversed). The run is deterministic on one machine;
+# the bar sits at about 40 % of the working lead, leaving 0.36 dB for another CPU's float rounding
+# (not yet measured on an AVX2-only machine), and 2.5 dB or more above every broken variant.
+QUALITY_MARGIN_DB = 0.25
 
 
 @pytest.fixture(scope="module")

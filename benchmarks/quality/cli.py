@@ -22,7 +22,7 @@ def add_quality_args(p) -> None:
     g.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated case names")
     g.add_argument("--scenes", type=int, help="at most this many held-out scenes per case (default: each case's)")
     g.add_argument("--quality-out", type=Path, default=Path("benchmarks/quality.json"),
-                   help="JSON results; the markdown table goes beside it as QUALITY.md")
+                   help="JSON results; the markdown tables go beside it (same name, .md)")
     g.add_argument("--contact-sheet", type=Path, default=Path("docs/images/quality-contact-sheet.jpg"))
 
 
@@ -38,7 +38,7 @@ def cmd_quality(args) -> int:
     config = QualityConfig(
         weights=args.weights, model=args.quality_model,
         systems=tuple(n for n in args.quality_systems.split(",") if n), cases=cases, scenes=args.scenes,
-        out_json=args.quality_out, out_markdown=args.quality_out.with_name("QUALITY.md"),
+        out_json=args.quality_out, out_markdown=args.quality_out.with_suffix(".md"),
         out_sheet=args.contact_sheet, command=command,
     )
     result = run_quality(config)
