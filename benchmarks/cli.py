@@ -100,13 +100,13 @@ def cmd_bench(args) -> int:
     from . import report
     from .run import run_benchmark, wait_for_quiet
 
+    command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
     if args.quality:
-        return cmd_quality(args)
+        return cmd_quality(args, command)
     config = config_from_args(args)
     out = results_path(args)
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.wait_max_s)
-    command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
     results = run_benchmark(config, out, command)
     print(report.summary(results))
     print(f"\nwrote {out}")

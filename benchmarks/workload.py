@@ -39,10 +39,16 @@ def source_image(config: BenchConfig):
     return SourceImage(rgb=rgb, known=np.ones(rgb.shape[:2], dtype=bool))
 
 
+def seeded_noise(seed: int, width: int, height: int) -> np.ndarray:
+    """(1, 4, H/8, W/8) float32: the initial noise OutpaintPipeline draws for `seed` (its first draw
+    from numpy's generator of that seed), to give diffusers the same start."""
+    return np.random.default_rng(seed).standard_normal((1, 4, height // 8, width // 8), dtype=np.float32)
+
+
 def outpaint_noise(config: BenchConfig) -> np.ndarray:
     """(1, 4, H/8, W/8) float32: the engine's own seeded draw, given to diffusers too."""
     width, height = parse_canvas(config.outpaint_canvas)
-    return np.random.default_rng(config.seed).standard_normal((1, 4, height // 8, width // 8), dtype=np.float32)
+    return seeded_noise(config.seed, width, height)
 
 
 def unet_inputs(canvas: str, hidden: int, in_channels: int = 4) -> dict[str, np.ndarray]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from outpaint.scenes import HELD_OUT_START, View, render, scene_from_seed
-from outpaint.scenes.landscape import Landscape
 
 
 def random_view(rng: np.random.Generator, aspect: float, extent: float = 1.0) -> View:
@@ -37,6 +36,3 @@ def render_examples(rng: np.random.Generator, count: int, width: int, height: in
         captions.append(scene.caption())
     return images, captions
 
-
-def is_landscape(seed: int) -> bool:
-    return isinstance(scene_from_seed(seed), Landscape)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 
@@ -26,7 +24,7 @@ def add_quality_args(p) -> None:
     g.add_argument("--contact-sheet", type=Path, default=Path("docs/images/quality-contact-sheet.jpg"))
 
 
-def cmd_quality(args) -> int:
+def cmd_quality(args, command: str) -> int:
     from .cases import case_by_name
     from .run import QualityConfig, run_quality
 
@@ -34,7 +32,6 @@ def cmd_quality(args) -> int:
         cases = [case_by_name(name) for name in args.cases.split(",") if name]
     except ValueError as exc:
         raise SystemExit(f"outpaint bench --quality: {exc}") from None
-    command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
     config = QualityConfig(
         weights=args.weights, model=args.quality_model,
         systems=tuple(n for n in args.quality_systems.split(",") if n), cases=cases, scenes=args.scenes,

@@ -15,6 +15,7 @@ from outpaint.engine.colour_match import match_colours
 from outpaint.engine.pipeline import OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
+from ..workload import seeded_noise
 from .cases import Case
 
 STEPS = 25  # the hosted API's defaults for everything the case does not set
@@ -117,8 +118,7 @@ class Diffusers:
         request = request_for(case, prompt, seed)
         placed = _placed(case, source, request)
         infilled = cv.infill(placed, request.infill, np.random.default_rng([seed, 1]))
-        # Our pipeline's initial noise for this seed, so the two engines start from the same point.
-        noise = np.random.default_rng(seed).standard_normal((1, 4, case.height // 8, case.width // 8), dtype=np.float32)
+        noise = seeded_noise(seed, case.width, case.height)  # ours for this seed: both engines start alike
         with torch.no_grad():
             out = self.pipe(prompt=prompt, negative_prompt="", image=Image.fromarray(infilled),
                             mask_image=Image.fromarray((placed.mask * 255).astype(np.uint8)),
