@@ -78,6 +78,9 @@ class Manifest:
     latent_channels: int
     vae_scaling_factor: float
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
+    # px per side the UNet was trained at (its config's sample_size x 8): where the large-canvas
+    # strategy starts (engine/large_canvas.py). Manifests written before this field are SD 1.5's 512.
+    native_size: int = 512
 
     def save(self, folder: Path) -> None:
         tmp = folder / (MANIFEST + ".tmp")

@@ -13,10 +13,11 @@ with the levers of engine/fast_path.py composed around its UNet calls and its de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from outpaint.core.errors import Cancelled, InvalidRequest, ModelError
-from outpaint.core.geometry import CANVAS_MULTIPLE
+from outpaint.core.geometry import CANVAS_MULTIPLE, LATENT_FACTOR
 from outpaint.core.graphs import (
     IMAGE,
     INPUT_IDS,
@@ -57,6 +58,7 @@ from .fast_path import (
     windowed_unet,
 )
 from .guidance import UNetFn, guided_denoiser
+from .large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas, downsample_canvas, native_canvas_size, upscale
 from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SCHEDULERS, NoiseScheduleConfig, get_scheduler
@@ -78,6 +80,8 @@ class OutpaintResult:
     warnings: list[str] = field(default_factory=list)
     # engine/seam.py: ~1 smooth, well above 1 a visible seam; None with nothing to compare (x-seam-score)
     seam: float | None = None
+    # The native-size composition when the large-canvas strategy ran (engine/large_canvas.py), else None.
+    native_pass: OutpaintResult | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class OutpaintPipeline:
     off. `device_loop` None keeps the loop on the device where the UNet runs on a GPU and the levers
     are off (they act on the host loop's UNet calls); True insists, False never. `colour_match`
     harmonises the new area's colours to the source before paste-back (engine/colour_match.py).
+    `large_canvas` says when a canvas well past the model's native size is composed at native size
+    first (engine/large_canvas.py).
     """
 
     def __init__(
@@ -123,8 +129,10 @@ class OutpaintPipeline:
         device_loop: bool | None = None,
         options: FastPathOptions = EXACT,
         colour_match: str = COLOUR_MATCH_DEFAULT,
+        large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT,
     ) -> None:
         folder = Path(folder)
+        self.large_canvas = large_canvas
         if colour_match not in COLOUR_MATCH_MODES:
             raise InvalidRequest("colour_match",
                                  f"must be one of {', '.join(COLOUR_MATCH_MODES)}, got {colour_match!r}")
@@ -159,6 +167,7 @@ class OutpaintPipeline:
         )
         self.unet_in_channels = self.manifest.unet_in_channels
         self.scaling_factor = np.float32(self.manifest.vae_scaling_factor)
+        self.native_size = self.manifest.native_size
 
     @classmethod
     def load(
@@ -168,8 +177,9 @@ class OutpaintPipeline:
         device_loop: bool | None = None,
         options: FastPathOptions = EXACT,
         colour_match: str = COLOUR_MATCH_DEFAULT,
+        large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT,
     ) -> OutpaintPipeline:
-        return cls(Path(folder), backend, device_loop, options, colour_match)
+        return cls(Path(folder), backend, device_loop, options, colour_match, large_canvas)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -214,19 +224,24 @@ class OutpaintPipeline:
         return unet if window is None else windowed_unet(unet, window)
 
     def condition(
-        self, source: cv.SourceImage, request: OutpaintRequest, seed: int, timings: dict[str, float]
+        self,
+        source: cv.SourceImage,
+        request: OutpaintRequest,
+        seed: int,
+        timings: dict[str, float],
+        prefill: np.ndarray | None = None,
     ) -> Conditioning:
-        """Canvas, infill, init latents, latent mask and text embeddings (pipeline.md 1-5)."""
+        """Canvas, infill, init latents, latent mask and text embeddings (pipeline.md 1-5).
+
+        `prefill` (H, W, 3) uint8 replaces the request's infill in the unknown area (the large-canvas
+        strategy's upscaled composition)."""
         started = time.perf_counter()
-        for name in ("img_width", "img_height"):
-            if getattr(request, name) % CANVAS_MULTIPLE or getattr(request, name) <= 0:
-                value = getattr(request, name)
-                raise InvalidRequest(name, f"must be a positive multiple of {CANVAS_MULTIPLE}, got {value}")
-        canvas = cv.make_canvas(
-            source, width=request.img_width, height=request.img_height, scale=request.scale,
-            offset_x=request.offset_x, offset_y=request.offset_y, mask_expand=request.mask_expand,
-        )
-        infilled = cv.infill(canvas, request.infill, np.random.default_rng([seed, 1]))
+        _check_canvas_size(request)
+        canvas = _placed(source, request)
+        if prefill is None:
+            infilled = cv.infill(canvas, request.infill, np.random.default_rng([seed, 1]))
+        else:
+            infilled = np.where(canvas.known[..., None], canvas.rgb, prefill)
         latent_mask = cv.latent_mask(canvas.mask)
         timings["canvas"] = time.perf_counter() - started
 
@@ -267,10 +282,65 @@ class OutpaintPipeline:
         total_started = time.perf_counter()
         if isinstance(source, bytes | bytearray | memoryview):
             source = cv.decode_image(bytes(source))
-        scheduler = get_scheduler(request.scheduler)
+        get_scheduler(request.scheduler)  # an unknown name fails before any work
+        _check_canvas_size(request)
+        if noise is not None:
+            shape = (1, self.manifest.latent_channels, request.img_height // LATENT_FACTOR,
+                     request.img_width // LATENT_FACTOR)
+            if noise.shape != shape or noise.dtype != np.float32:
+                raise InvalidRequest("noise", f"must be float32 of shape {shape}, got {noise.dtype} {noise.shape}")
         seed = draw_seed() if request.seed == -1 else request.seed
+        if self.large_canvas.applies(request.img_width, request.img_height, self.native_size):
+            yield from self._generate_large(source, request, seed, noise, total_started)
+        else:
+            yield from self._generate_at(source, request, seed, noise, total_started)
+
+    def _generate_large(
+        self, source: cv.SourceImage, request: OutpaintRequest, seed: int, noise: np.ndarray | None,
+        total_started: float,
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
+        """Compose at native size, upscale, refine at full size (engine/large_canvas.py).
+
+        `noise`, when given, is the full-size pass's; the native-size pass draws its own from the seed."""
+        full = _placed(source, request)
+        small_w, small_h = native_canvas_size(request.img_width, request.img_height, self.native_size)
+        small_request = dataclasses.replace(
+            request, img_width=small_w, img_height=small_h, scale=1.0, offset_x=0, offset_y=0,
+            mask_expand=round(request.mask_expand * small_w / request.img_width), seed=seed,
+        )
+        refine = self.large_canvas.refine_strength
+        refine_request = dataclasses.replace(request, strength=refine, seed=seed)
+        scheduler = get_scheduler(request.scheduler)
+        small_steps = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength).num_steps
+        refine_steps = (
+            scheduler.plan(self.schedule_config, request.num_inference_steps, refine).num_steps if refine > 0 else 0
+        )
+        total = small_steps + refine_steps
+        small_source = downsample_canvas(full, small_w, small_h)
+        small = yield from _forward_steps(
+            self._generate_at(small_source, small_request, seed, None, time.perf_counter()), before=0, total=total,
+        )
+        prefill = upscale(small.image, request.img_width, request.img_height)
+        if refine_steps == 0:
+            result = self._finish(full, prefill, small.latents, seed, {}, [], list(small.warnings), total_started)
+        else:
+            result = yield from _forward_steps(
+                self._generate_at(source, refine_request, seed, noise, time.perf_counter(), prefill=prefill),
+                before=small_steps, total=total,
+            )
+        result.timings["native_pass"] = small.timings["total"]
+        result.timings["total"] = time.perf_counter() - total_started
+        result.step_seconds = [*small.step_seconds, *result.step_seconds]
+        yield dataclasses.replace(result, native_pass=small)
+
+    def _generate_at(
+        self, source: cv.SourceImage, request: OutpaintRequest, seed: int, noise: np.ndarray | None,
+        total_started: float, prefill: np.ndarray | None = None,
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
+        """The request at its own canvas size (pipeline.md 1-9)."""
+        scheduler = get_scheduler(request.scheduler)
         timings: dict[str, float] = {}
-        cond = self.condition(source, request, seed, timings)
+        cond = self.condition(source, request, seed, timings, prefill)
 
         plan = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength)
         latent_shape = cond.init_latents.shape
@@ -312,20 +382,28 @@ class OutpaintPipeline:
         decoded = decode_region(self.decode_latents, latents, cond.canvas.rgb, cond.latent_mask,
                                 self.options.decode_margin)
         timings["vae_decode"] = time.perf_counter() - started
+        yield self._finish(cond.canvas, decoded, latents, seed, timings, step_seconds, list(cond.warnings),
+                           total_started)
+
+    def _finish(
+        self, canvas: cv.Canvas, decoded: np.ndarray, latents: np.ndarray, seed: int, timings: dict[str, float],
+        step_seconds: list[float], warnings: list[str], total_started: float,
+    ) -> OutpaintResult:
+        """Colour match, paste-back and seam score of a decoded canvas (pipeline.md 9)."""
         started = time.perf_counter()
         if self.colour_match != "off":
-            decoded = match_colours(decoded, cond.canvas.rgb, cond.canvas.known, self.colour_match)
+            decoded = match_colours(decoded, canvas.rgb, canvas.known, self.colour_match)
             timings["colour_match"] = time.perf_counter() - started
             started = time.perf_counter()
-        image = cv.paste_back(decoded, cond.canvas)
+        image = cv.paste_back(decoded, canvas)
         timings["paste_back"] = time.perf_counter() - started
         started = time.perf_counter()
-        seam = seam_score(image, cond.canvas.known)
+        seam = seam_score(image, canvas.known)
         timings["seam_score"] = time.perf_counter() - started
         timings["total"] = time.perf_counter() - total_started
-        yield OutpaintResult(
-            image=image, seed=seed, decoded=decoded, latents=latents, canvas=cond.canvas,
-            timings=timings, step_seconds=step_seconds, warnings=list(cond.warnings), seam=seam,
+        return OutpaintResult(
+            image=image, seed=seed, decoded=decoded, latents=latents, canvas=canvas,
+            timings=timings, step_seconds=step_seconds, warnings=warnings, seam=seam,
         )
 
     def __call__(
@@ -335,3 +413,31 @@ class OutpaintPipeline:
             if isinstance(item, OutpaintResult):
                 return item
         raise Cancelled("the generation ended without a result")
+
+
+def _check_canvas_size(request: OutpaintRequest) -> None:
+    for name in ("img_width", "img_height"):
+        value = getattr(request, name)
+        if value % CANVAS_MULTIPLE or value <= 0:
+            raise InvalidRequest(name, f"must be a positive multiple of {CANVAS_MULTIPLE}, got {value}")
+
+
+def _placed(source: cv.SourceImage, request: OutpaintRequest) -> cv.Canvas:
+    return cv.make_canvas(
+        source, width=request.img_width, height=request.img_height, scale=request.scale,
+        offset_x=request.offset_x, offset_y=request.offset_y, mask_expand=request.mask_expand,
+    )
+
+
+def _forward_steps(
+    items: Iterable[StepEvent | OutpaintResult], *, before: int, total: int
+) -> Generator[StepEvent, None, OutpaintResult]:
+    """Yield one pass's step events numbered within a request of `total` steps; return its result."""
+    result = None
+    for item in items:
+        if isinstance(item, OutpaintResult):
+            result = item
+        else:
+            yield dataclasses.replace(item, index=item.index + before, total=total)
+    assert result is not None, "a pass ends with its result"
+    return result

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from outpaint.core.errors import ModelError
+from outpaint.core.geometry import LATENT_FACTOR
 from outpaint.core.graphs import (
     ATTENTION_GRAPHS,
     GraphSpec,
@@ -54,6 +55,11 @@ log = logging.getLogger("outpaint")
 class ParityError(ModelError):
     """An exported graph disagrees with PyTorch beyond its tolerance."""
 
+
+def _native_size(sample_size: int | list[int] | tuple[int, ...]) -> int:
+    """Pixels per side the UNet was trained at; a (height, width) sample_size counts by its longer side."""
+    latent = max(sample_size) if isinstance(sample_size, list | tuple) else int(sample_size)
+    return latent * LATENT_FACTOR
 
 def _versions() -> dict[str, str]:
     import diffusers
@@ -211,6 +217,7 @@ def export_components(
         latent_channels=int(components.vae.config.latent_channels),
         vae_scaling_factor=float(components.vae.config.scaling_factor),
         graphs=dict(previous.graphs) if reuse else {},
+        native_size=_native_size(components.unet.config.sample_size),
     )
     _write_side_files(components, out)
     from .torch_modules import graph_modules

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from outpaint.benchmarks.cli import add_bench as _add_bench
 from outpaint.core.errors import OutpaintError
+from outpaint.engine import large_canvas
 from outpaint.engine.backends.registry import BACKENDS
 from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
@@ -79,6 +80,7 @@ def _add_run(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
     p.add_argument("--backend", default=None, choices=tuple(BACKENDS), help=BACKEND_HELP)
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    large_canvas.add_arguments(p)
     add_request_arguments(p)
     p.set_defaults(func=_cmd_run)
 
@@ -105,11 +107,13 @@ def _cmd_run(args) -> int:
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
     check_output_path(args.out)
     request = _request_from_args(args, tuple(SCHEDULERS))
+    large = large_canvas.from_arguments(args)
     source = decode_image(args.image.read_bytes())
     backend, reason = resolve_backend(args.backend, args.fast)
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
-    pipeline = OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT)
+    pipeline = OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,
+                                     large_canvas=large)
     result = run_with_progress(pipeline, source, request)
     for warning in result.warnings:
         print(f"warning: {warning}")

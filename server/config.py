@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from outpaint.engine.canvas import DEFAULT_MAX_PIXELS
+from outpaint.engine.large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas
 
 MIB = 1024 * 1024
 
@@ -19,6 +20,7 @@ class ServerConfig:
     # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).
     backend: str | None = None
     fast: bool = False  # the fast path's levers (engine/fast_path.py) on the pipeline
+    large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT  # canvases past the model's native size
     no_auth: bool = False
     price: int = 1  # credits per delivered image
     concurrency: int = 1  # generations running at once on the one pipeline

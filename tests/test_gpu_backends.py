@@ -23,6 +23,7 @@ from outpaint.core.trt_profiles import CanvasRange, profile_for
 from outpaint.engine.backends import cuda
 from outpaint.engine.backends.ort_trt import ORT_TRT_CACHE, ort_trt_providers, shapes_option, trt_provider_options
 from outpaint.engine.backends.registry import BACKENDS
+from outpaint.engine.large_canvas import LARGE_CANVAS_OFF
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
@@ -153,6 +154,7 @@ def test_device_loop_on_the_gpu_matches_the_host_loop_on_the_same_backend(gpu_mo
 def test_tensorrt_refuses_a_canvas_outside_its_profile(gpu_model_dir):
     if not HAS_TENSORRT:
         pytest.skip("TensorRT is not installed on this GPU machine")
-    pipeline = OutpaintPipeline.load(gpu_model_dir, "tensorrt")
+    # At full size: the large-canvas strategy would compose at native size first, inside the profile.
+    pipeline = OutpaintPipeline.load(gpu_model_dir, "tensorrt", large_canvas=LARGE_CANVAS_OFF)
     with pytest.raises(OutpaintError, match=re.escape("outside the engine's profile")):
         pipeline(make_png(128, 128), _request(img_width=1024, img_height=1024))

@@ -70,6 +70,9 @@ CASES: tuple[Case, ...] = (
     Case("all_sides", 384, 384, Rect(64, 64, 256, 256)),
     # The hosted API's zoom-out: a 256 px image at scale 0.5 in the middle of the canvas.
     Case("zoom_out", 256, 256, Rect(64, 64, 128, 128), scale=0.5),
+    # Twice the native 256 px per side at the large case's pixel density: the analogue of the hosted
+    # API's default 1024x1024 canvas for SD 1.5 (native 512).
+    Case("large_512", 512, 512, Rect(128, 128, 256, 256), view_height=4 / 3, scenes=4),
     # Three times the native 256 px per side, twice the standard frame's extent: the large-canvas
     # case (SD 1.5 at 1536 px). Fewer scenes: it costs nine native canvases per image.
     Case("large_768", 768, 768, Rect(256, 256, 256, 256), view_height=2.0, scenes=4),

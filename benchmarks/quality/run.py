@@ -29,8 +29,25 @@ SHEET_SYSTEMS = ("gray", "infill", "outpaint-ort-cpu", "outpaint-fast", "diffuse
 SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
 # Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread),
 # "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off") and
-# "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu).
+# "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu) and
+# "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced).
 RESEED = "outpaint-ort-cpu-reseed"
+LARGE_PREFIX = "outpaint-ort-cpu+large-"
+
+
+def large_canvas_variant(name: str):
+    """The LargeCanvas of "outpaint-ort-cpu+large-off" (never) or "outpaint-ort-cpu+large-S" (the upscale
+    strategy on every canvas past the native area, refined at strength S)."""
+    from outpaint.engine.large_canvas import LARGE_CANVAS_OFF, LargeCanvas
+
+    setting = name.removeprefix(LARGE_PREFIX)
+    if setting == "off":
+        return LARGE_CANVAS_OFF
+    try:
+        return LargeCanvas(mode="upscale", threshold=1.0, refine_strength=float(setting))
+    except ValueError:
+        raise ValueError(f"{name!r}: a large-canvas variant is {LARGE_PREFIX}off or {LARGE_PREFIX}STRENGTH, "
+                         f"e.g. {LARGE_PREFIX}0.5") from None
 
 
 def fast_options(name: str):
@@ -91,6 +108,9 @@ def build_systems(config: QualityConfig) -> list[System]:
             if not isinstance(base, Ours):
                 raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
             systems.append(ColourMatched(name, base, name.removeprefix("outpaint-ort-cpu+colour-")))
+        elif name.startswith(LARGE_PREFIX):
+            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT,
+                                                            large_canvas=large_canvas_variant(name))))
         elif name == RESEED:
             systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT), seed_offset=1))
         elif name.startswith("outpaint-fast"):
