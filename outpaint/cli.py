@@ -9,20 +9,13 @@ from pathlib import Path
 
 from outpaint.benchmarks.cli import add_bench as _add_bench
 from outpaint.core.errors import OutpaintError
-from outpaint.engine import large_canvas
-from outpaint.engine.backends.registry import BACKENDS
 from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
+from outpaint.request_args import add_engine_arguments, add_request_arguments, pipeline_from_args, request_from_args
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 from outpaint.training.cli import add_train
-
-FAST_HELP = ("CPU fast path: UNet window around the new area, deep UNet features reused across steps; "
-             "approximate inside the new area (docs/benchmarks.md). Without --backend it runs the fastest "
-             "precision this CPU runs natively (bf16 on openvino-bf16 where the CPU has AVX-512 BF16 or AMX, "
-             "else fp32; `outpaint info` shows the choice) and prints which")
-BACKEND_HELP = ("graph runtime (default ort-cpu; with --fast the fastest this CPU runs natively, see "
-                "`outpaint info`; GPU ones: docs/gpu.md)")
+from outpaint.zoom_pan_cli import add_pan, add_zoom
 
 
 def _add_export(sub) -> None:
@@ -49,56 +42,17 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def add_request_arguments(p: argparse.ArgumentParser) -> None:
-    """One flag per API field (api.md); defaults and ranges come from engine/request.py."""
-    from outpaint.engine.canvas import INFILL_MODES
-    from outpaint.engine.request import FIELDS
-    from outpaint.engine.schedulers import SCHEDULERS
-
-    p.add_argument("--prompt", required=True, help="what to render in the new area")
-    p.add_argument("--negative-prompt", default="", help="what to steer away from (default: none)")
-    p.add_argument("--scheduler", default="DDIM", choices=tuple(SCHEDULERS), metavar="NAME",
-                   help=f"one of: {', '.join(SCHEDULERS)} (default DDIM; docs/schedulers.md)")
-    flags = {
-        "num_inference_steps": "--steps", "img_width": "--width", "img_height": "--height", "scale": "--scale",
-        "strength": "--strength", "offset_x": "--offset-x", "offset_y": "--offset-y",
-        "guidance_scale": "--guidance", "mask_expand": "--mask-expand", "seed": "--seed",
-    }
-    for field, flag in flags.items():
-        spec = FIELDS[field]
-        p.add_argument(flag, dest=field, type=spec.kind, default=spec.default,
-                       help=f"{field}: {spec.describe()} (default {spec.default})")
-    p.add_argument("--infill", default=INFILL_MODES[0], choices=INFILL_MODES,
-                   help=f"infill of the new area before encoding: {', '.join(INFILL_MODES)} "
-                        f"(default {INFILL_MODES[0]})")
-
-
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="outpaint one image")
-    p.add_argument("--model", type=Path, required=True, help="exported model folder")
+    add_engine_arguments(p)
     p.add_argument("--image", type=Path, required=True, help="source image (PNG, JPEG or WebP)")
     p.add_argument("--out", type=Path, required=True, help="output file (.jpg, .png, .webp)")
-    p.add_argument("--backend", default=None, choices=tuple(BACKENDS), help=BACKEND_HELP)
-    p.add_argument("--fast", action="store_true", help=FAST_HELP)
-    large_canvas.add_arguments(p)
     add_request_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
-def _request_from_args(args, schedulers):
-    from outpaint.engine.request import FIELDS, OutpaintRequest
-
-    fields = {name: getattr(args, name) for name in FIELDS}
-    fields.update(prompt=args.prompt, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
-                  infill=args.infill)
-    return OutpaintRequest.from_fields(fields, schedulers=schedulers)
-
-
 def _cmd_run(args) -> int:
     from outpaint.engine.canvas import decode_image
-    from outpaint.engine.cpu_features import resolve_backend
-    from outpaint.engine.fast_path import EXACT, FastPathOptions
-    from outpaint.engine.pipeline import OutpaintPipeline
     from outpaint.engine.schedulers import SCHEDULERS
     from outpaint.run_request import check_output_path, run_with_progress, save_image
 
@@ -106,14 +60,9 @@ def _cmd_run(args) -> int:
     if not args.image.is_file():
         raise SystemExit(f"outpaint run: --image {args.image} does not exist")
     check_output_path(args.out)
-    request = _request_from_args(args, tuple(SCHEDULERS))
-    large = large_canvas.from_arguments(args)
+    request = request_from_args(args, tuple(SCHEDULERS))
     source = decode_image(args.image.read_bytes())
-    backend, reason = resolve_backend(args.backend, args.fast)
-    if reason:
-        print(f"--fast: {reason}", file=sys.stderr)
-    pipeline = OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,
-                                     large_canvas=large)
+    pipeline = pipeline_from_args(args)
     result = run_with_progress(pipeline, source, request)
     for warning in result.warnings:
         print(f"warning: {warning}")
@@ -149,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info,
-                add_train):
+                add_train, add_zoom, add_pan):
         add(sub)
     return parser
 
