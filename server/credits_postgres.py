@@ -68,6 +68,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 LOCKS = 0x6F757470
 MIGRATION_LOCK, IDEMPOTENCY_LOCK = 1, 2
 DEFAULT_POOL_SIZE = 10
+IDLE_IN_TRANSACTION_S = 10
 
 
 def redact(url: str) -> str:
@@ -103,6 +104,13 @@ class PgTx:
         return cursor
 
 
+def _configure(conn: psycopg.Connection) -> None:
+    # Our transactions never wait on anything between their statements: one left open this long
+    # belongs to a hung (stopped, swapped-out) replica, and the server ends it, releasing its row
+    # locks, rather than letting it block every other replica's settlement of that key.
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
+
+
 class PostgresCreditStore(LeasedCreditStore):
     """Thread-safe: each call borrows a connection from the pool for its transaction."""
 
@@ -124,7 +132,7 @@ class PostgresCreditStore(LeasedCreditStore):
         # check: a connection broken by a database restart is replaced on checkout, not handed out.
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, timeout=busy_timeout_s,
-            check=ConnectionPool.check_connection, name="outpaint-credits", open=False,
+            check=ConnectionPool.check_connection, configure=_configure, name="outpaint-credits", open=False,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
 
