@@ -73,16 +73,19 @@ def is_postgres(db: str | Path) -> bool:
     return str(db).startswith(POSTGRES_SCHEMES)
 
 
-def open_store(
-    db: str | Path, *, idempotency: Limits | None = None, must_exist: bool = False, pool_size: int | None = None,
-) -> CreditStore:
-    """The credits store `db` names: a `postgresql://` (or `postgres://`) URL, else an SQLite file.
+def open_store(db: str | Path, *, idempotency: Limits | None = None, pool_size: int | None = None) -> CreditStore:
+    """The credits store `db` names: a `postgresql://` (or `postgres://`) URL, else an SQLite file
+    (created if missing).
 
-    The schema is created or migrated. `must_exist`: an SQLite file that does not exist yet is an
-    error rather than created (a PostgreSQL database always has to exist). `pool_size`: at most
-    this many PostgreSQL connections (default 10). Raises CreditError when the store cannot be
-    opened: unreachable, of a newer schema, or psycopg not installed.
+    The schema is created or migrated. `idempotency`: the bounds of the stored responses.
+    `pool_size`: at most this many PostgreSQL connections in this process (default 10). Raises
+    CreditError when the store cannot be opened: unreachable, of a newer schema, or psycopg not
+    installed.
     """
+    text = str(db)
+    if text.startswith(("postgresql:", "postgres:")) and not is_postgres(text):
+        raise CreditError(f"{text!r} is not a PostgreSQL URL: it must start with postgresql:// "
+                          "(pass the --db string as it is: pathlib.Path drops one of the two slashes)")
     if is_postgres(db):
         try:
             from .credits_postgres import DEFAULT_POOL_SIZE, PostgresCreditStore
@@ -92,7 +95,4 @@ def open_store(
         return PostgresCreditStore(str(db), idempotency=idempotency, pool_size=pool_size or DEFAULT_POOL_SIZE)
     from .credits_sqlite import SqliteCreditStore
 
-    path = Path(db)
-    if must_exist and not path.is_file():
-        raise CreditError(f"{path} does not exist")
-    return SqliteCreditStore(path, idempotency=idempotency)
+    return SqliteCreditStore(Path(db), idempotency=idempotency)

@@ -551,8 +551,10 @@ def test_serve_refuses_a_bad_configuration(tiny_model_dir, tmp_path):
     import subprocess
     import sys
 
-    for args, message in ((["--port", "1"], "--db FILE is required"),
-                          (["--no-auth", "--price", "0"], "--price must be >= 1")):
+    for args, message in ((["--port", "1"], "--db is required"),
+                          (["--no-auth", "--price", "0"], "--price must be >= 1"),
+                          (["--db", "postgresql://outpaint:s3cret@127.0.0.1:1/none"],
+                           "--db: cannot open the credits database postgresql://outpaint:***@127.0.0.1:1/none")):
         result = subprocess.run([sys.executable, "-m", "outpaint.cli", "serve", "--model", str(tiny_model_dir),
                                  *args], capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and message in result.stderr
