@@ -451,6 +451,39 @@ def test_an_idempotency_key_is_claimed_with_its_reservation_and_replayed_once_ch
     assert store.idempotency_state(store.create_key(1)[0], "k1") is None  # keys are per API key
 
 
+def test_one_idempotency_key_sent_by_many_requests_at_once_runs_once(store):
+    """Every request checks the key and claims it in one transaction: on PostgreSQL (READ COMMITTED,
+    no single writer) the API key's row lock makes the check and the claim one step."""
+    key_id, _ = store.create_key(30)
+    claim = _claim("burst", b"body")
+    barrier = threading.Barrier(24)
+
+    def attempt(i: int) -> str:
+        barrier.wait()
+        try:
+            return "reserved" if store.reserve(key_id, 1, f"burst-{i}", claim=claim) is not None else "short"
+        except InProgress:
+            return "in progress"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(attempt, range(24)))
+    assert sorted(set(outcomes)) == ["in progress", "reserved"] and outcomes.count("reserved") == 1
+    assert store.balance(key_id) == 29 and len(store.open_reservations()) == 1
+
+
+def test_a_sweep_never_refunds_a_lease_renewed_since_it_looked(store):
+    """The sweep reads, then refunds each orphan in a transaction of its own, conditional on the lease
+    still being expired: a holder that renewed in between (a replica that was only slow) keeps it."""
+    key_id, _ = store.create_key(2)
+    store.reserve(key_id, 1, "slow-replica", owner="another-host:1", lease_s=3600)
+    store.reserve(key_id, 1, "gone-replica", owner="another-host:2", lease_s=-1)
+    looked_at = time.time() - 1  # when the sweep found both expired; one was renewed since
+    with store._tx() as tx:  # the sweep's refund step on its own
+        assert store._refund_in(tx, "slow-replica", expired_by=looked_at) is False
+        assert store._refund_in(tx, "gone-replica", expired_by=looked_at) is True
+    assert [row[0] for row in store.open_reservations()] == ["slow-replica"] and store.balance(key_id) == 1
+
+
 def test_a_refunded_request_releases_its_idempotency_key(store):
     key_id, _ = store.create_key(2)
     claim = _claim("k", b"body")
