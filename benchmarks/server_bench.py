@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
 
-    from outpaint.server.credits import CreditStore
     from outpaint.server.process import start_server
+    from outpaint.server.store import open_store
 
     model = _ensure_model(args.model)
     source = _source_png()
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     max_queue = max(levels) * 2
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
-        store = CreditStore(db)
+        store = open_store(db)
         _, key = store.create_key(100_000, name="bench")
         store.close()
         server = start_server(model, db=db, log_path=Path(tmp) / "server.log",

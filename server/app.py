@@ -35,7 +35,7 @@ from outpaint.engine.request import OutpaintRequest
 from .body import Disconnected, check_content_type, parse_request_body, read_body
 from .config import ServerConfig
 from .context import CLIENT_CLOSED, RequestContext
-from .credits import LEASE_MARGIN_S, CreditStore, KeyRevoked, Reservation
+from .credits import LEASE_MARGIN_S, KeyRevoked, Reservation
 from .docs_pages import add_offline_docs
 from .errors import ApiError, bad_request
 from .gate import Aborted, DeadlineExceeded, Draining, Gate, QueueFull, Ticket
@@ -44,6 +44,7 @@ from .idempotency import Idempotency, Replay
 from .idempotency_store import Claim, IdempotencyOutcome
 from .metrics import Metrics
 from .schema import error_response, request_schema
+from .store import CreditStore
 
 log = logging.getLogger("outpaint.server")
 ROUTE = "/v1/sd1.5-outpaint"

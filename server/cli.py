@@ -19,7 +19,8 @@ def add_serve(sub) -> None:
     defaults = ServerConfig(model=Path("."))
     p = sub.add_parser("serve", help="serve the outpainting HTTP API (drop-in for the hosted SD 1.5 endpoint)")
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
-    p.add_argument("--db", type=Path, help="SQLite credits store (created if missing; see `outpaint keys`)")
+    p.add_argument("--db", help="credits store: an SQLite file (created if missing) or a postgresql://user@host/db "
+                   "URL shared by replicas (needs the postgres extra); see `outpaint keys`")
     p.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
@@ -77,39 +78,46 @@ def _cmd_serve(args) -> int:
     return serve(config, log_level=args.log_level)
 
 
+DB_HELP = "credits store: an SQLite file or a postgresql://user@host/db URL"
+
+
 def add_keys(sub) -> None:
     p = sub.add_parser("keys", help="manage API keys and credits of `outpaint serve`")
     keys = p.add_subparsers(dest="keys_command", required=True)
 
     create = keys.add_parser("create", help="create a key; prints it once (only its hash is stored)")
-    create.add_argument("--db", type=Path, required=True, help="SQLite credits store (created if missing)")
+    create.add_argument("--db", required=True, help=DB_HELP + " (an SQLite file is created if missing)")
     create.add_argument("--credits", type=int, required=True, help="starting balance")
     create.add_argument("--name", default="", help="a label for listings (who the key is for)")
     create.set_defaults(func=_cmd_create)
 
     listing = keys.add_parser("list", help="keys with their balances (never the keys themselves)")
-    listing.add_argument("--db", type=Path, required=True)
+    listing.add_argument("--db", required=True, help=DB_HELP)
     listing.set_defaults(func=_cmd_list)
 
     add = keys.add_parser("add-credits", help="add credits to a key")
-    add.add_argument("--db", type=Path, required=True)
+    add.add_argument("--db", required=True, help=DB_HELP)
     add.add_argument("--id", type=int, required=True, dest="key_id", help="key id (see `outpaint keys list`)")
     add.add_argument("--credits", type=int, required=True)
     add.set_defaults(func=_cmd_add_credits)
 
     revoke = keys.add_parser("revoke", help="revoke a key: it gets 401 from then on")
-    revoke.add_argument("--db", type=Path, required=True)
+    revoke.add_argument("--db", required=True, help=DB_HELP)
     revoke.add_argument("--id", type=int, required=True, dest="key_id")
     revoke.set_defaults(func=_cmd_revoke)
 
 
-def _open(db: Path, *, create: bool = False):
-    from .credits import CreditStore
+def _open(db: str, *, create: bool = False):
+    from .credits import CreditError
+    from .store import is_postgres, open_store
 
-    if not create and not db.is_file():
+    if not create and not is_postgres(db) and not Path(db).is_file():
         raise SystemExit(f"outpaint keys: {db} does not exist; create a key first with "
                          f"`outpaint keys create --db {db} --credits N`")
-    return CreditStore(db)
+    try:
+        return open_store(db)
+    except CreditError as exc:
+        raise _fail(exc) from None
 
 
 def _fail(exc: Exception) -> SystemExit:

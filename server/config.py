@@ -14,7 +14,8 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class ServerConfig:
     model: Path
-    db: Path | None = None  # SQLite credits store; required unless no_auth
+    # The credits store: an SQLite file or a postgresql:// URL (store.open_store); required unless no_auth.
+    db: str | Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).
@@ -42,7 +43,8 @@ class ServerConfig:
         """What is wrong with this configuration, as messages naming the flag (empty when fine)."""
         found = []
         if not self.no_auth and self.db is None:
-            found.append("--db FILE is required (the credits store), or --no-auth for local use without keys")
+            found.append("--db is required (the credits store: an SQLite file or a postgresql:// URL), "
+                         "or --no-auth for local use without keys")
         if self.price < 1:
             found.append(f"--price must be >= 1 credit, got {self.price}")
         if self.concurrency < 1:

@@ -1,4 +1,8 @@
-"""API keys and credit balances in one SQLite file (WAL mode, no server process).
+"""API keys and credit balances: what every credits store does, whatever database holds it.
+
+Two stores share this logic: one SQLite file (credits_sqlite.py, one machine, no server process)
+and PostgreSQL (credits_postgres.py, many replicas on many machines sharing one balance per key).
+`open_store` (store.py) picks one from the `--db` string.
 
 Keys are stored only as SHA-256 hashes: a key is 256 random bits, so a fast hash is enough (no
 password stretching needed) and a stolen database reveals no usable key.
@@ -16,13 +20,15 @@ A process killed between the two leaves the reservation open. Every reservation 
 the request lives (`keep_leases`, a thread), and anyone refunds a reservation whose lease expired:
 a starting server (`refund_orphans`) and every running one (the same thread, periodically), so
 after a crash balance == start - images delivered, whatever host, container or PID held it. A
-starting server also refunds at once what a certainly dead process of its own PID namespace left
-(owners.py), instead of waiting out the lease. The charge and the refund each delete the
-reservation row in their transaction, so whichever comes first wins and the other is a no-op:
-no double refund, and a late charge of a refunded reservation charges nothing.
+starting server also refunds at once what a certainly dead process of its own boot and PID
+namespace left (owners.py), instead of waiting out the lease. The charge and the refund each delete
+the reservation row in their transaction, so whichever comes first wins and the other is a no-op:
+no double refund, and a late charge of a refunded reservation charges nothing. A sweep's refund is
+conditional on what made it an orphan (the lease still expired), so a holder that renewed in between
+keeps its reservation.
 
-The schema is versioned (`PRAGMA user_version`); an older file is migrated in place, in one
-transaction, when a newer outpaint opens it. An older outpaint refuses a newer file.
+Each store versions its schema; an older database is migrated in place, in one transaction, when a
+newer outpaint opens it, and an older outpaint refuses a newer one.
 """
 
 from __future__ import annotations
@@ -32,63 +38,27 @@ import hashlib
 import hmac
 import logging
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import idempotency_store as idem
-from .owners import is_certainly_dead, this_process
+from .owners import is_certainly_dead, is_this_process, this_process
+from .sql import Tx
 
 log = logging.getLogger("outpaint.server.credits")
 KEY_PREFIX = "op-"
-SCHEMA_VERSION = 2
 # A lease outlives the request's deadline by this much, for the JPEG encoding and the send after
-# the last step, a busy SQLite and clock differences between hosts sharing the file.
+# the last step, a busy database and clock differences between hosts sharing it.
 LEASE_MARGIN_S = 60.0
 DEFAULT_LEASE_S = 300.0 + LEASE_MARGIN_S  # for the default --timeout; `outpaint serve` sets its own
-# Version 1, as it was created (a new file is created as version 1 and migrated like an old one).
-_SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key_hash BLOB NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    name TEXT NOT NULL DEFAULT '',
-    balance INTEGER NOT NULL CHECK (balance >= 0),
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    request_id TEXT PRIMARY KEY,
-    key_id INTEGER NOT NULL REFERENCES api_keys(id),
-    amount INTEGER NOT NULL CHECK (amount > 0),
-    owner TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS charges (
-    request_id TEXT PRIMARY KEY,
-    key_id INTEGER NOT NULL REFERENCES api_keys(id),
-    amount INTEGER NOT NULL,
-    charged_at REAL NOT NULL
-);
-"""
-# MIGRATIONS[n] turns version n - 1 into version n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: (
-        # Reservations of a version-1 server (it cannot renew) get the default lease from their creation.
-        "ALTER TABLE reservations ADD COLUMN expires_at REAL NOT NULL DEFAULT 0",
-        f"UPDATE reservations SET expires_at = created_at + {DEFAULT_LEASE_S}",
-        # So do the rows a version-1 server still running on the file inserts (without a lease).
-        f"""CREATE TRIGGER IF NOT EXISTS reservations_lease_of_old_writers AFTER INSERT ON reservations
-            WHEN NEW.expires_at = 0 BEGIN
-                UPDATE reservations SET expires_at = NEW.created_at + {DEFAULT_LEASE_S}
-                WHERE request_id = NEW.request_id;
-            END""",
-        *idem.SCHEMA,
-    ),
-}
+# Far below both databases' 64-bit integers: no sum of a few grants can overflow them.
+MAX_CREDITS = 10**15
+
+__all__ = ["KEY_PREFIX", "LEASE_MARGIN_S", "CreditError", "KeyInfo", "KeyRevoked", "LeasedCreditStore",
+           "Reservation", "hash_key", "this_process"]
 
 # The reservations this process holds (request ids, unique): their leases are renewed and no
 # sweep of this process refunds them. Process-wide, as the holder is the process, not a store.
@@ -112,7 +82,8 @@ def _holding() -> frozenset[str]:
 
 
 class CreditError(Exception):
-    """A key-management command named a key that does not exist, or an impossible amount."""
+    """A key-management command named a key that does not exist, or an impossible amount; or the
+    store cannot be opened (missing, unreachable, or of a newer schema)."""
 
 
 class KeyRevoked(Exception):
@@ -143,93 +114,44 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-class CreditStore:
-    """Thread-safe: every thread gets its own connection; SQLite serialises the writers."""
+class LeasedCreditStore(ABC):
+    """The store's logic over a database the subclass connects to. Thread-safe as long as `_tx` and
+    `_read` give each thread its own connection."""
 
-    def __init__(
-        self, path: Path | str, *, busy_timeout_s: float = 30.0, idempotency: idem.Limits | None = None
-    ) -> None:
-        self.path = Path(path)
-        self.busy_timeout_s = busy_timeout_s
+    where: str  # the file or the URL (without its password), for messages
+
+    def __init__(self, idempotency: idem.Limits | None) -> None:
         self.lease_s = DEFAULT_LEASE_S  # of new reservations
         self.idempotency = idempotency or idem.Limits()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         self._keeper: threading.Thread | None = None
         self._stop_keeper = threading.Event()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
 
-    def _migrate(self) -> None:
-        # The version is read inside the write transaction: two processes opening an old file at
-        # once migrate it once.
-        with self._tx() as tx:
-            version = tx.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CreditError(f"{self.path} has credits schema version {version}, written by a newer "
-                                  f"outpaint; this one reads up to {SCHEMA_VERSION}")
-            if version == 0:
-                for statement in _SCHEMA_V1.split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
-                version = 1
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    tx.execute(statement)
-            tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    # -- what a database provides --------------------------------------------------------------
 
-    # -- connections -----------------------------------------------------------------------------
+    @abstractmethod
+    def _tx(self, *, quick_commit: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction, committed when the block ends, rolled back when it raises.
+        `quick_commit` (the charge, right before the image is sent): a commit that may skip the
+        flush to disk (a crash of the machine may undo it, which only ever gives an image for free)."""
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a read-then-write
-            # transaction takes the write lock up front and never fails to upgrade.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_s)
-            conn.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed reservation, refund or key change survives a power cut, not only a
-            # process crash (the charge alone commits without the flush: see _tx).
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+    @abstractmethod
+    def _read(self) -> contextlib.AbstractContextManager[Tx]:
+        """A connection for single-statement reads."""
 
-    @contextlib.contextmanager
-    def _tx(self, *, quick_commit: bool = False) -> Iterator[sqlite3.Connection]:
-        """A write transaction. `quick_commit` (the charge, run right before the image is sent):
-        no fsync and no WAL checkpoint in the commit, so the time between a charge that a crash
-        would keep and the first byte of the image is microseconds, not the milliseconds of a
-        disk flush. The commit still survives the process being killed (it is in the OS's page
-        cache); a power cut may undo it, which only ever gives an image for free: the
-        reservation it closed comes back and is refunded when its lease expires."""
-        conn = self._conn()
-        if quick_commit:
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            if quick_commit:
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA wal_autocheckpoint = 1000")
+    @abstractmethod
+    def _close_connections(self) -> None: ...
+
+    @abstractmethod
+    def _lock_key(self, tx: Tx, key_id: int) -> None:
+        """Serialise the transactions that check and claim an Idempotency-Key of one API key."""
+
+    @abstractmethod
+    def _lock_idempotency(self, tx: Tx) -> None:
+        """Serialise the transactions that evict or purge stored responses (the bounds are global)."""
 
     def close(self) -> None:
         self.stop_leases()
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._close_connections()
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -238,18 +160,20 @@ class CreditStore:
         _check_amount(credits, allow_zero=True)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._tx() as tx:
-            cursor = tx.execute(
-                "INSERT INTO api_keys (key_hash, prefix, name, balance, created_at) VALUES (?, ?, ?, ?, ?)",
+            row = tx.execute(
+                "INSERT INTO api_keys (key_hash, prefix, name, balance, created_at) VALUES (?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (hash_key(key), key[: len(KEY_PREFIX) + 6], name, credits, time.time()),
-            )
-        return int(cursor.lastrowid), key
+            ).fetchone()
+        return int(row[0]), key
 
     def authenticate(self, key: str) -> int | None:
         """The id of an active key, or None for an unknown or revoked one."""
         digest = hash_key(key)
-        row = self._conn().execute(
-            "SELECT id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,)
-        ).fetchone()
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,)
+            ).fetchone()
         # The index lookup already matched; the constant-time comparison keeps the final
         # decision free of timing differences whatever the storage engine does.
         if row is None or not hmac.compare_digest(bytes(row[1]), digest):
@@ -257,7 +181,8 @@ class CreditStore:
         return int(row[0])
 
     def balance(self, key_id: int) -> int:
-        row = self._conn().execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         if row is None:
             raise CreditError(f"no key with id {key_id}")
         return int(row[0])
@@ -265,10 +190,11 @@ class CreditStore:
     def add_credits(self, key_id: int, credits: int) -> int:
         _check_amount(credits, allow_zero=False)
         with self._tx() as tx:
-            cursor = tx.execute("UPDATE api_keys SET balance = balance + ? WHERE id = ?", (credits, key_id))
-            if cursor.rowcount != 1:
+            row = tx.execute("UPDATE api_keys SET balance = balance + ? WHERE id = ? RETURNING balance",
+                             (credits, key_id)).fetchone()
+            if row is None:
                 raise CreditError(f"no key with id {key_id}; see `outpaint keys list`")
-            return int(tx.execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0])
+            return int(row[0])
 
     def revoke(self, key_id: int) -> None:
         with self._tx() as tx:
@@ -280,12 +206,13 @@ class CreditStore:
                 raise CreditError(f"key {key_id} is already revoked" if exists else f"no key with id {key_id}")
 
     def list_keys(self) -> list[KeyInfo]:
-        rows = self._conn().execute(
-            """SELECT k.id, k.prefix, k.name, k.balance, k.created_at, k.revoked_at,
-                      (SELECT COUNT(*) FROM reservations r WHERE r.key_id = k.id),
-                      (SELECT COUNT(*) FROM charges c WHERE c.key_id = k.id)
-               FROM api_keys k ORDER BY k.id"""
-        ).fetchall()
+        with self._read() as conn:
+            rows = conn.execute(
+                """SELECT k.id, k.prefix, k.name, k.balance, k.created_at, k.revoked_at,
+                          (SELECT COUNT(*) FROM reservations r WHERE r.key_id = k.id),
+                          (SELECT COUNT(*) FROM charges c WHERE c.key_id = k.id)
+                   FROM api_keys k ORDER BY k.id"""
+            ).fetchall()
         return [KeyInfo(*row) for row in rows]
 
     # -- paying for a generation -----------------------------------------------------------------
@@ -308,6 +235,8 @@ class CreditStore:
         expires = now + (self.lease_s if lease_s is None else lease_s)
         try:
             with self._tx() as tx:
+                if claim is not None:
+                    self._lock_key(tx, key_id)
                 outcome = None if claim is None else idem.check_in(tx, key_id, claim, now, self.idempotency)
                 reservation = None if outcome is not None else self._reserve_in(
                     tx, key_id, amount, request_id, owner or this_process(), now, expires, claim)
@@ -322,16 +251,19 @@ class CreditStore:
 
     @staticmethod
     def _reserve_in(
-        tx: sqlite3.Connection, key_id: int, amount: int, request_id: str, owner: str, now: float, expires: float,
+        tx: Tx, key_id: int, amount: int, request_id: str, owner: str, now: float, expires: float,
         claim: idem.Claim | None,
     ) -> Reservation | None:
-        cursor = tx.execute(
-            "UPDATE api_keys SET balance = balance - ? WHERE id = ? AND revoked_at IS NULL AND balance >= ?",
+        # One statement: the row lock (PostgreSQL) or the write lock (SQLite) makes the check and the
+        # debit one step, so concurrent reservations never both take the last credit.
+        row = tx.execute(
+            "UPDATE api_keys SET balance = balance - ? WHERE id = ? AND revoked_at IS NULL AND balance >= ? "
+            "RETURNING balance",
             (amount, key_id, amount),
-        )
-        if cursor.rowcount != 1:
-            row = tx.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-            if row is None or row[0] is not None:
+        ).fetchone()
+        if row is None:
+            found = tx.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if found is None or found[0] is not None:
                 raise KeyRevoked(f"key {key_id} was revoked")
             return None
         tx.execute(
@@ -341,8 +273,7 @@ class CreditStore:
         )
         if claim is not None:
             idem.claim_in(tx, key_id, claim, request_id, now)
-        remaining = int(tx.execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0])
-        return Reservation(request_id, key_id, amount, remaining)
+        return Reservation(request_id, key_id, amount, int(row[0]))
 
     def charge(self, request_id: str) -> bool:
         """Make a reservation's debit final. False if it was already closed (nothing changes).
@@ -374,9 +305,12 @@ class CreditStore:
             _drop(request_id)
 
     @staticmethod
-    def _refund_in(tx: sqlite3.Connection, request_id: str) -> bool:
+    def _refund_in(tx: Tx, request_id: str, *, expired_by: float | None = None) -> bool:
+        """Close and refund; with `expired_by`, only if its lease expired by then (not renewed since)."""
+        lease = "" if expired_by is None else " AND expires_at <= ?"
         row = tx.execute(
-            "DELETE FROM reservations WHERE request_id = ? RETURNING key_id, amount", (request_id,)
+            f"DELETE FROM reservations WHERE request_id = ?{lease} RETURNING key_id, amount",
+            (request_id,) if expired_by is None else (request_id, expired_by),
         ).fetchone()
         if row is None:
             return False
@@ -386,14 +320,17 @@ class CreditStore:
 
     def open_reservations(self) -> list[tuple[str, int, int, str]]:
         """(request_id, key_id, amount, owner) of every reservation not yet charged or refunded."""
-        return self._conn().execute(
-            "SELECT request_id, key_id, amount, owner FROM reservations ORDER BY created_at"
-        ).fetchall()
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT request_id, key_id, amount, owner FROM reservations ORDER BY created_at, request_id"
+            ).fetchall()
+        return [tuple(row) for row in rows]
 
     def lease_expiry(self, request_id: str) -> float | None:
         """When the lease of an open reservation expires (time.time()), or None if it is closed."""
-        row = self._conn().execute("SELECT expires_at FROM reservations WHERE request_id = ?",
-                                   (request_id,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute("SELECT expires_at FROM reservations WHERE request_id = ?",
+                               (request_id,)).fetchone()
         return None if row is None else float(row[0])
 
     # -- leases ----------------------------------------------------------------------------------
@@ -405,9 +342,11 @@ class CreditStore:
             return 0
         expires = time.time() + (self.lease_s if lease_s is None else lease_s)
         with self._tx() as tx:
+            # Sorted: concurrent renewals lock rows in one order.
             cursor = tx.executemany(
-                "UPDATE reservations SET expires_at = MAX(expires_at, ?) WHERE request_id = ?",
-                [(expires, request_id) for request_id in held],
+                "UPDATE reservations SET expires_at = CASE WHEN expires_at < ? THEN ? ELSE expires_at END "
+                "WHERE request_id = ?",
+                [(expires, expires, request_id) for request_id in sorted(held)],
             )
             return cursor.rowcount
 
@@ -416,27 +355,33 @@ class CreditStore:
 
         That is every reservation this process does not hold whose lease expired, or whose
         holder is certainly dead (owners.py), or that names this process as holder without being
-        held (a recycled PID). With `report_waiting`, the open reservations of other holders still
-        within their lease are logged: they are refunded when it expires, unless settled first.
+        held (its charge failed to commit). With `report_waiting`, the open reservations of other
+        holders still within their lease are logged: they are refunded when it expires, unless
+        settled first. Each refund is its own transaction, conditional on what made it an orphan,
+        so replicas sweeping at once refund each reservation once and never one renewed meanwhile.
         """
         now = time.time()
-        me = this_process()
+        with self._read() as conn:
+            rows = conn.execute("SELECT request_id, owner, expires_at FROM reservations").fetchall()
+        # Read after the rows: a reservation is held before it commits, so every one of ours that the
+        # read saw is in here unless it was settled since (then the refund below finds nothing).
+        held = _holding()
         expired, dead, waiting = [], [], []
-        with self._tx() as tx:
-            held = _holding()  # read inside the write lock: a reservation commits after its hold
-            rows = tx.execute("SELECT request_id, owner, expires_at FROM reservations").fetchall()
-            for request_id, owner, expires_at in rows:
-                if request_id in held:
-                    continue
-                if expires_at <= now:
-                    found = expired
-                elif owner == me or is_certainly_dead(owner):
-                    found = dead
-                else:
-                    waiting.append((owner, expires_at))
-                    continue
-                if self._refund_in(tx, request_id):
+        for request_id, owner, expires_at in rows:
+            if request_id in held:
+                continue
+            if expires_at <= now:
+                found, expired_by = expired, now
+            elif is_this_process(owner) or is_certainly_dead(owner):
+                found, expired_by = dead, None
+            else:
+                waiting.append((owner, expires_at))
+                continue
+            with self._tx() as tx:
+                if self._refund_in(tx, request_id, expired_by=expired_by):
                     found.append(owner)
+        with self._tx() as tx:
+            self._lock_idempotency(tx)
             idem.purge_in(tx, now, self.idempotency)
         if expired:
             log.warning("refunded %d reservations whose lease expired (held by %s)", len(expired),
@@ -477,14 +422,15 @@ class CreditStore:
                 if refunded and on_refund is not None:
                     on_refund(refunded)
             except Exception:
-                # A busy or failing database must not end the thread: the next round retries.
-                log.exception("could not renew or sweep the credit leases of %s", self.path)
+                # A busy or unreachable database must not end the thread: the next round retries.
+                log.exception("could not renew or sweep the credit leases of %s", self.where)
 
     # -- Idempotency-Key -------------------------------------------------------------------------
 
     def idempotency_state(self, key_id: int, key: str) -> str | None:
         """"running", "done" (a stored response to replay) or None: what a retry with `key` meets."""
-        return idem.state(self._conn(), key_id, key, time.time(), self.idempotency)
+        with self._read() as conn:
+            return idem.state(conn, key_id, key, time.time(), self.idempotency)
 
     def check_idempotency(self, key_id: int, claim: idem.Claim) -> None:
         """Raise the key's IdempotencyOutcome (AlreadyDone carries the response), or return: it may run."""
@@ -496,6 +442,7 @@ class CreditStore:
     def store_response(self, request_id: str, headers: dict[str, str], body: bytes) -> bool:
         """Keep the response of a reservation claimed with an Idempotency-Key, before its charge."""
         with self._tx() as tx:
+            self._lock_idempotency(tx)
             return idem.store_in(tx, request_id, headers, body, time.time(), self.idempotency)
 
 
@@ -503,3 +450,5 @@ def _check_amount(value: int, *, allow_zero: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
         low = 0 if allow_zero else 1
         raise CreditError(f"credits must be a whole number >= {low}, got {value!r}")
+    if value > MAX_CREDITS:
+        raise CreditError(f"credits must be at most {MAX_CREDITS}, got {value}")

@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import Response
 
-from .credits import CreditStore
 from .errors import ApiError
 from .idempotency_store import AlreadyDone, Claim, IdempotencyOutcome, InProgress, KeyReused, StoredResponse
 from .metrics import Metrics
+from .store import CreditStore
 
 log = logging.getLogger("outpaint.server")
 HEADER = "idempotency-key"

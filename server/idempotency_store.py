@@ -1,6 +1,6 @@
 """The stored side of `Idempotency-Key`: which request a key started, and the response it was charged for.
 
-Tables in the credits file (credits.py creates them and runs every function here inside its own
+Tables in the credits database (the stores create them and runs every function here inside its own
 transactions, so that a claim is made with its reservation and released with its refund):
 
 - `idempotency_keys`: one row per (API key, Idempotency-Key): the body's fingerprint and the
@@ -18,8 +18,9 @@ key and 512 MiB in all, the least recently used going first.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
+
+from .sql import Tx
 
 MIB = 1024 * 1024
 
@@ -40,6 +41,25 @@ SCHEMA = (
         body BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS idempotency_keys_used ON idempotency_keys(used_at)",
+)
+# The same tables in PostgreSQL's types (credits_postgres.py).
+POSTGRES_SCHEMA = (
+    """CREATE TABLE idempotency_keys (
+        key_id BIGINT NOT NULL REFERENCES api_keys(id),
+        idem_key TEXT NOT NULL,
+        fingerprint BYTEA NOT NULL,
+        request_id TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key_id, idem_key)
+    )""",
+    """CREATE TABLE idempotency_responses (
+        request_id TEXT PRIMARY KEY REFERENCES idempotency_keys(request_id) ON DELETE CASCADE,
+        headers TEXT NOT NULL,
+        body BYTEA NOT NULL
+    )""",
+    "CREATE INDEX idempotency_keys_used ON idempotency_keys(used_at)",
 )
 
 
@@ -86,7 +106,7 @@ class AlreadyDone(IdempotencyOutcome):
 RUNNING, DONE, FAILED = "running", "done", "failed"
 
 
-def _row(conn: sqlite3.Connection, key_id: int, key: str, now: float, limits: Limits) -> tuple | None:
+def _row(conn: Tx, key_id: int, key: str, now: float, limits: Limits) -> tuple | None:
     """(fingerprint, request_id, state) of a live key, or None (expired or failed rows are dropped)."""
     row = conn.execute(
         """SELECT k.fingerprint, k.request_id, k.created_at,
@@ -103,7 +123,7 @@ def _row(conn: sqlite3.Connection, key_id: int, key: str, now: float, limits: Li
     return bytes(fingerprint), request_id, RUNNING if running else DONE if charged else FAILED
 
 
-def state(conn: sqlite3.Connection, key_id: int, key: str, now: float, limits: Limits) -> str | None:
+def state(conn: Tx, key_id: int, key: str, now: float, limits: Limits) -> str | None:
     """RUNNING, DONE (charged and its response stored) or None: what a retry would meet."""
     row = _row(conn, key_id, key, now, limits)
     if row is None or row[2] == FAILED:
@@ -113,7 +133,7 @@ def state(conn: sqlite3.Connection, key_id: int, key: str, now: float, limits: L
     return row[2]
 
 
-def _response(conn: sqlite3.Connection, request_id: str) -> StoredResponse | None:
+def _response(conn: Tx, request_id: str) -> StoredResponse | None:
     found = conn.execute(
         "SELECT headers, body FROM idempotency_responses WHERE request_id = ?", (request_id,)
     ).fetchone()
@@ -121,7 +141,7 @@ def _response(conn: sqlite3.Connection, request_id: str) -> StoredResponse | Non
 
 
 def check_in(
-    tx: sqlite3.Connection, key_id: int, claim: Claim, now: float, limits: Limits
+    tx: Tx, key_id: int, claim: Claim, now: float, limits: Limits
 ) -> IdempotencyOutcome | None:
     """What a request with `claim` must answer instead of running, or None when it may run.
 
@@ -143,7 +163,7 @@ def check_in(
     return AlreadyDone(stored)
 
 
-def claim_in(tx: sqlite3.Connection, key_id: int, claim: Claim, request_id: str, now: float) -> None:
+def claim_in(tx: Tx, key_id: int, claim: Claim, request_id: str, now: float) -> None:
     """Record that `request_id` runs for the key (in the reservation's transaction, after check_in)."""
     tx.execute("DELETE FROM idempotency_keys WHERE key_id = ? AND idem_key = ?", (key_id, claim.key))
     tx.execute(
@@ -153,13 +173,13 @@ def claim_in(tx: sqlite3.Connection, key_id: int, claim: Claim, request_id: str,
     )
 
 
-def release_in(tx: sqlite3.Connection, request_id: str) -> None:
+def release_in(tx: Tx, request_id: str) -> None:
     """The request was refunded: a retry with its key runs again (in the refund's transaction)."""
     tx.execute("DELETE FROM idempotency_keys WHERE request_id = ?", (request_id,))
 
 
 def store_in(
-    tx: sqlite3.Connection, request_id: str, headers: dict[str, str], body: bytes, now: float, limits: Limits
+    tx: Tx, request_id: str, headers: dict[str, str], body: bytes, now: float, limits: Limits
 ) -> bool:
     """Keep the response of `request_id` for replays, evicting to stay in bounds. False when the
     request has no key, or the response alone is over the bounds (then it is not kept)."""
@@ -171,20 +191,21 @@ def store_in(
     purge_in(tx, now, limits)
     _evict(tx, size - limits.per_key_bytes, "AND k.key_id = ?", (key_id,))
     _evict(tx, size - limits.total_bytes, "", ())
-    tx.execute("INSERT OR REPLACE INTO idempotency_responses (request_id, headers, body) VALUES (?, ?, ?)",
+    tx.execute("""INSERT INTO idempotency_responses (request_id, headers, body) VALUES (?, ?, ?)
+                  ON CONFLICT (request_id) DO UPDATE SET headers = excluded.headers, body = excluded.body""",
                (request_id, json.dumps(headers), body))
     tx.execute("UPDATE idempotency_keys SET size = ?, used_at = ? WHERE request_id = ?", (size, now, request_id))
     return True
 
 
-def _evict(tx: sqlite3.Connection, over_by: int, where: str, args: tuple) -> None:
+def _evict(tx: Tx, over_by: int, where: str, args: tuple) -> None:
     """Drop the least recently used stored responses until `over_by` + what is stored <= 0.
 
     Only done requests are evicted (a running one's response is about to be paid for); the key
     row goes too, so a retry with it runs again rather than meeting a half-forgotten state.
     """
-    stored = tx.execute(f"SELECT COALESCE(SUM(k.size), 0) FROM idempotency_keys k WHERE 1 {where}", args)
-    excess = stored.fetchone()[0] + over_by
+    stored = tx.execute(f"SELECT COALESCE(SUM(k.size), 0) FROM idempotency_keys k WHERE TRUE {where}", args)
+    excess = int(stored.fetchone()[0]) + over_by
     if excess <= 0:
         return
     victims = tx.execute(
@@ -202,7 +223,7 @@ def _evict(tx: sqlite3.Connection, over_by: int, where: str, args: tuple) -> Non
     tx.executemany("DELETE FROM idempotency_keys WHERE request_id = ?", doomed)
 
 
-def purge_in(tx: sqlite3.Connection, now: float, limits: Limits) -> int:
+def purge_in(tx: Tx, now: float, limits: Limits) -> int:
     """Drop the keys of finished requests past their time to live, and of requests that were
     refunded (a running request keeps its key). Returns how many."""
     cursor = tx.execute(

@@ -77,6 +77,14 @@ def _identity_of(pid: int) -> str:
     return identity(pid)
 
 
+def is_this_process(owner: str) -> bool:
+    """True when `owner` names this very process, provably: with its boot, PID namespace and start
+    time. A bare `host:pid` (no /proc) could be a namesake in another container or on another host
+    sharing the database, so it is never taken for this process."""
+    me = this_process()
+    return owner == me and ":start=" in me
+
+
 def is_certainly_dead(owner: str) -> bool:
     """True only when the process `owner` names can no longer settle anything (see the module doc)."""
     parts = owner.split(":")

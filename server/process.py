@@ -65,7 +65,7 @@ def start_server(
     model: Path,
     *,
     log_path: Path,
-    db: Path | None = None,
+    db: Path | str | None = None,  # an SQLite file or a postgresql:// URL
     args: Sequence[str] = (),
     host: str = "127.0.0.1",
     ready_timeout_s: float = 120.0,

@@ -80,7 +80,8 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> int:
     from outpaint.engine.pipeline import OutpaintPipeline
 
     from .app import create_app
-    from .credits import CreditStore
+    from .credits import CreditError
+    from .store import open_store
 
     problems = config.problems()
     if problems:
@@ -99,7 +100,12 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> int:
         log.warning("--no-auth: anyone who can reach %s:%d can generate, no credits are counted",
                     config.host, config.port)
     else:
-        store = CreditStore(config.db)
+        assert config.db is not None  # problems() says so
+        try:
+            store = open_store(config.db)
+        except CreditError as exc:
+            raise SystemExit(f"outpaint serve: --db: {exc}") from None
+        log.info("credits in %s", store.where)
         refunded = store.refund_orphans()
         if refunded:
             log.warning("refunded %d reservations left open by a process that stopped mid-request", refunded)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,29 @@ def make_png(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes
 @pytest.fixture
 def png_256() -> bytes:
     return make_png(256, 256)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server for the session (tests/postgres_server.py). Missing binaries
+    fail the tests that need it, unless OUTPAINT_SKIP_POSTGRES=1 asks to skip them."""
+    from .postgres_server import PostgresMissing, start_cluster
+
+    if os.environ.get("OUTPAINT_SKIP_POSTGRES") == "1":
+        pytest.skip("OUTPAINT_SKIP_POSTGRES=1")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg is not installed: pip install -e '.[dev]' (or the postgres extra)", pytrace=False)
+    try:
+        cluster = start_cluster()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_cluster.create_database()

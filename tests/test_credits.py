@@ -1,11 +1,13 @@
-"""The credits store on a real SQLite file: hashing, atomic debits under threads, crash reconciliation,
-leases, the schema migration, and the Idempotency-Key storage."""
+"""The credits store on a real SQLite file and on a real PostgreSQL server (tests/postgres_server.py):
+hashing, atomic debits under threads and processes, crash reconciliation, leases, the schema
+migrations, and the Idempotency-Key storage. Every test taking `backend` or `store` runs on both."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,28 +18,41 @@ from pathlib import Path
 
 import pytest
 
-from outpaint.server.credits import CreditError, CreditStore, KeyRevoked, hash_key, this_process
+from outpaint.server import owners
+from outpaint.server.credits import CreditError, KeyRevoked, hash_key, this_process
+from outpaint.server.credits_sqlite import SqliteCreditStore
 from outpaint.server.idempotency_store import AlreadyDone, Claim, InProgress, KeyReused, Limits
 from outpaint.server.owners import identity
 
+from .store_backends import NAMES, Backend, make_backend
+
+
+@pytest.fixture(params=NAMES)
+def backend(request, tmp_path) -> Backend:
+    return make_backend(request.param, tmp_path, request)
+
 
 @pytest.fixture
-def store(tmp_path):
-    s = CreditStore(tmp_path / "credits.db")
+def store(backend):
+    s = backend.open()
     yield s
     s.close()
 
 
-def test_database_is_in_wal_mode(store):
-    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+def test_database_is_in_wal_mode(tmp_path):
+    store = SqliteCreditStore(tmp_path / "credits.db")
+    try:
+        mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    finally:
+        store.close()
 
 
-def test_only_a_hash_of_the_key_is_stored(store):
+def test_only_a_hash_of_the_key_is_stored(backend, store):
     key_id, key = store.create_key(5, name="alice")
     assert store.authenticate(key) == key_id
     store.close()
-    raw = b"".join(p.read_bytes() for p in store.path.parent.glob("credits.db*"))
+    raw = backend.raw_bytes()
     assert key.encode() not in raw
     assert key[len("op-") + 6:].encode() not in raw  # not even the part after the listed prefix
     assert hash_key(key) in raw
@@ -110,10 +125,10 @@ def test_concurrent_reservations_never_overdraw_nor_lose_a_debit(store):
     assert store.list_keys()[0].images_charged == 10
 
 
-def test_balance_can_never_go_negative_even_by_direct_sql(store):
+def test_balance_can_never_go_negative_even_by_direct_sql(backend, store):
     key_id, _ = store.create_key(1)
-    with pytest.raises(sqlite3.IntegrityError):
-        sqlite3.connect(store.path).execute("UPDATE api_keys SET balance = -1 WHERE id = ?", (key_id,))
+    with pytest.raises(backend.integrity_error):
+        backend.query("UPDATE api_keys SET balance = -1 WHERE id = ?", (key_id,))
 
 
 def test_add_credits_and_bad_amounts(store):
@@ -126,12 +141,14 @@ def test_add_credits_and_bad_amounts(store):
         store.add_credits(999, 1)
     with pytest.raises(CreditError, match="whole number >= 0"):
         store.create_key(-1)
+    with pytest.raises(CreditError, match="at most"):
+        store.add_credits(key_id, 10**19)  # past a 64-bit integer: refused before the database sees it
 
 
 _CRASHING_WORKER = """
 import os, signal, sys
-from outpaint.server.credits import CreditStore
-store = CreditStore(sys.argv[1])
+from outpaint.server.store import open_store
+store = open_store(sys.argv[1])
 key_id = int(sys.argv[2])
 store.reserve(key_id, 1, "delivered")
 store.charge("delivered")
@@ -141,15 +158,17 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_killed_process_leaves_an_open_reservation_that_a_restart_refunds(store):
+def test_a_killed_process_leaves_an_open_reservation_that_a_restart_refunds(backend, store):
     key_id, _ = store.create_key(5)
-    proc = subprocess.run([sys.executable, "-c", _CRASHING_WORKER, str(store.path), str(key_id)],
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_WORKER, backend.db, str(key_id)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert store.balance(key_id) == 3  # one charged, one reserved and orphaned
     assert [row[0] for row in store.open_reservations()] == ["in-flight"]
 
-    assert CreditStore(store.path).refund_orphans() == 1
+    restarted = backend.open()
+    assert restarted.refund_orphans() == 1
+    restarted.close()
     assert store.balance(key_id) == 4  # start - images delivered
     assert store.open_reservations() == []
 
@@ -167,14 +186,31 @@ def test_reconcile_leaves_live_owners_and_other_hosts_alone_within_their_lease(s
     assert store.balance(key_id) == 3
 
 
-def test_keys_cli_creates_lists_adds_and_revokes(tmp_path):
-    db = tmp_path / "keys.db"
+def test_another_hosts_holder_is_never_taken_for_dead_whatever_its_pid(store, monkeypatch):
+    """Replicas on many hosts share one database: a PID of another boot (another host, or this host
+    before a reboot) names no process here, however dead that PID looks, so only the lease settles it."""
+    key_id, _ = store.create_key(3)
+    here = this_process().split(":")
+    elsewhere = ":".join([here[0], "999999", "boot=another-host-boot-id", *here[3:]])
+    store.reserve(key_id, 1, "other-host", owner=elsewhere)
+    # Where /proc tells nothing, an identity is a bare host:pid, which a container of the same
+    # hostname on another host may share: it must not be taken for this process either.
+    bare = f"{socket.gethostname()}:{os.getpid()}"
+    monkeypatch.setattr(owners, "this_process", lambda: bare)
+    store.reserve(key_id, 1, "namesake", owner=bare)
+    assert store.refund_orphans() == 0
+    assert sorted(row[0] for row in store.open_reservations()) == ["namesake", "other-host"]
+
+
+def test_keys_cli_creates_lists_adds_and_revokes(backend):
+    db = backend.db
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "outpaint.cli", "keys", *args, "--db", str(db)],
+        return subprocess.run([sys.executable, "-m", "outpaint.cli", "keys", *args, "--db", db],
                               capture_output=True, text=True, timeout=60)
 
-    assert "does not exist" in cli("list").stderr
+    if backend.name == "sqlite":
+        assert "does not exist" in cli("list").stderr
     created = cli("create", "--credits", "7", "--name", "bob")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -188,7 +224,7 @@ def test_keys_cli_creates_lists_adds_and_revokes(tmp_path):
     assert cli("add-credits", "--id", "42", "--credits", "3").returncode != 0
     assert cli("revoke", "--id", "1").returncode == 0
     assert "revoked" in cli("list").stdout
-    store = CreditStore(Path(db))
+    store = backend.open()
     try:
         assert store.authenticate(key) is None
         assert store.balance(1) == 10
@@ -215,18 +251,18 @@ def test_an_expired_lease_is_refunded_whoever_held_it_and_an_unexpired_one_waits
 
 _ZOMBIE = """
 import os, signal, sys
-from outpaint.server.credits import CreditStore
-store = CreditStore(sys.argv[1])
+from outpaint.server.store import open_store
+store = open_store(sys.argv[1])
 store.reserve(int(sys.argv[2]), 1, "zombie")  # held by this process, lease far from expired
 print("reserved", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_zombie_holder_is_refunded_at_once(store):
+def test_a_zombie_holder_is_refunded_at_once(backend, store):
     """A killed server that its parent has not reaped yet is a zombie: its PID still exists."""
     key_id, _ = store.create_key(2)
-    child = subprocess.Popen([sys.executable, "-c", _ZOMBIE, str(store.path), str(key_id)], stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", _ZOMBIE, backend.db, str(key_id)], stdout=subprocess.PIPE,
                              text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "reserved\n"
@@ -245,8 +281,8 @@ def test_a_zombie_holder_is_refunded_at_once(store):
 
 _HOLDER = """
 import sys, time
-from outpaint.server.credits import CreditStore
-store = CreditStore(sys.argv[1])
+from outpaint.server.store import open_store
+store = open_store(sys.argv[1])
 store.keep_leases(0.6, every_s=0.1)
 store.reserve(int(sys.argv[2]), 1, "held")
 print("reserved", flush=True)
@@ -254,9 +290,9 @@ time.sleep(600)
 """
 
 
-def test_a_live_holder_renews_its_lease_and_one_that_stops_renewing_is_refunded(store):
+def test_a_live_holder_renews_its_lease_and_one_that_stops_renewing_is_refunded(backend, store):
     key_id, _ = store.create_key(1)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store.path), str(key_id)], stdout=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, backend.db, str(key_id)], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "reserved\n"
@@ -318,7 +354,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     path = tmp_path / "v1.db"
     key = "op-" + "k" * 43
     _version_1_file(path, key)
-    store = CreditStore(path)
+    store = SqliteCreditStore(path)
     try:
         raw = sqlite3.connect(path)
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
@@ -349,33 +385,36 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
         assert store.reserve(1, 1, "new") is not None and store.charge("new")
     finally:
         store.close()
-    again = CreditStore(path)
+    again = SqliteCreditStore(path)
     try:
         assert again.balance(1) == 7 and again.list_keys()[0].images_charged == 2
     finally:
         again.close()
 
 
-def test_a_file_of_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "future.db"
-    CreditStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 3")
-    db.close()
+def test_a_database_of_a_newer_schema_is_refused(backend):
+    backend.open().close()
+    if backend.name == "sqlite":
+        backend.query("PRAGMA user_version = 3")
+    else:
+        backend.query("UPDATE schema_version SET version = version + 1")
     with pytest.raises(CreditError, match="newer outpaint"):
-        CreditStore(path)
+        backend.open()
+    cli = subprocess.run([sys.executable, "-m", "outpaint.cli", "keys", "list", "--db", backend.db],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode != 0 and "newer outpaint" in cli.stderr and "Traceback" not in cli.stderr
 
 
 def test_two_processes_migrating_one_old_file_at_once_both_succeed(tmp_path):
     path = tmp_path / "race.db"
     _version_1_file(path, "op-" + "r" * 43)
-    opener = "import sys; from outpaint.server.credits import CreditStore; CreditStore(sys.argv[1]).close()"
+    opener = "import sys; from outpaint.server.store import open_store; open_store(sys.argv[1]).close()"
     procs = [subprocess.Popen([sys.executable, "-c", opener, str(path)], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-    store = CreditStore(path)
+    store = SqliteCreditStore(path)
     try:
         assert store.balance(1) == 7 and len(store.open_reservations()) == 2
     finally:
@@ -412,6 +451,39 @@ def test_an_idempotency_key_is_claimed_with_its_reservation_and_replayed_once_ch
     assert store.idempotency_state(store.create_key(1)[0], "k1") is None  # keys are per API key
 
 
+def test_one_idempotency_key_sent_by_many_requests_at_once_runs_once(store):
+    """Every request checks the key and claims it in one transaction: on PostgreSQL (READ COMMITTED,
+    no single writer) the API key's row lock makes the check and the claim one step."""
+    key_id, _ = store.create_key(30)
+    claim = _claim("burst", b"body")
+    barrier = threading.Barrier(24)
+
+    def attempt(i: int) -> str:
+        barrier.wait()
+        try:
+            return "reserved" if store.reserve(key_id, 1, f"burst-{i}", claim=claim) is not None else "short"
+        except InProgress:
+            return "in progress"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(attempt, range(24)))
+    assert sorted(set(outcomes)) == ["in progress", "reserved"] and outcomes.count("reserved") == 1
+    assert store.balance(key_id) == 29 and len(store.open_reservations()) == 1
+
+
+def test_a_sweep_never_refunds_a_lease_renewed_since_it_looked(store):
+    """The sweep reads, then refunds each orphan in a transaction of its own, conditional on the lease
+    still being expired: a holder that renewed in between (a replica that was only slow) keeps it."""
+    key_id, _ = store.create_key(2)
+    store.reserve(key_id, 1, "slow-replica", owner="another-host:1", lease_s=3600)
+    store.reserve(key_id, 1, "gone-replica", owner="another-host:2", lease_s=-1)
+    looked_at = time.time() - 1  # when the sweep found both expired; one was renewed since
+    with store._tx() as tx:  # the sweep's refund step on its own
+        assert store._refund_in(tx, "slow-replica", expired_by=looked_at) is False
+        assert store._refund_in(tx, "gone-replica", expired_by=looked_at) is True
+    assert [row[0] for row in store.open_reservations()] == ["slow-replica"] and store.balance(key_id) == 1
+
+
 def test_a_refunded_request_releases_its_idempotency_key(store):
     key_id, _ = store.create_key(2)
     claim = _claim("k", b"body")
@@ -423,9 +495,9 @@ def test_a_refunded_request_releases_its_idempotency_key(store):
     assert store.reserve(key_id, 1, "retry", claim=claim) is not None
 
 
-def test_stored_responses_are_bounded_per_key_least_recently_used_first_and_expire(tmp_path):
+def test_stored_responses_are_bounded_per_key_least_recently_used_first_and_expire(backend):
     limits = Limits(ttl_s=3600, per_key_bytes=3000, total_bytes=5000)
-    store = CreditStore(tmp_path / "bounded.db", idempotency=limits)
+    store = backend.open(idempotency=limits)
     try:
         a, _ = store.create_key(100)
         b, _ = store.create_key(100)
@@ -446,14 +518,14 @@ def test_stored_responses_are_bounded_per_key_least_recently_used_first_and_expi
         assert store.idempotency_state(b, "b1") == "done"
         store.reserve(b, 1, "huge", claim=_claim("huge", b"huge"))
         assert store.store_response("huge", {}, b"x" * 3001) is False  # alone over the bounds: not kept
-        sizes = sqlite3.connect(store.path).execute("SELECT SUM(size) FROM idempotency_keys").fetchone()[0]
+        sizes = backend.query("SELECT SUM(size) FROM idempotency_keys")[0][0]
         assert sizes <= limits.total_bytes
     finally:
         store.close()
-    expired = CreditStore(tmp_path / "bounded.db", idempotency=Limits(ttl_s=0))
+    expired = backend.open(idempotency=Limits(ttl_s=0))
     try:
         assert expired.idempotency_state(a, "a4") is None  # past its time to live
         expired.refund_orphans()  # the sweep deletes what expired
-        assert sqlite3.connect(expired.path).execute("SELECT COUNT(*) FROM idempotency_responses").fetchone()[0] == 0
+        assert backend.query("SELECT COUNT(*) FROM idempotency_responses")[0][0] == 0
     finally:
         expired.close()

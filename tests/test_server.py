@@ -29,8 +29,8 @@ pytest.importorskip("uvicorn")
 import requests
 
 from outpaint.core.manifest import Manifest, describe_file
-from outpaint.server.credits import CreditStore
 from outpaint.server.process import ServerProcess, start_server
+from outpaint.server.store import open_store
 
 from .conftest import make_png
 
@@ -104,7 +104,7 @@ class Keys:
     """Fresh keys on a server's credits file (written while the server runs: WAL allows it)."""
 
     def __init__(self, db: Path) -> None:
-        self.store = CreditStore(db)
+        self.store = open_store(db)
 
     def new(self, credits: int) -> tuple[int, str]:
         return self.store.create_key(credits)
@@ -121,7 +121,7 @@ def server_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, server_dir):
     db = server_dir / "main.db"
-    CreditStore(db).close()
+    open_store(db).close()
     proc = start_server(tiny_model_dir, db=db, log_path=server_dir / "main.log",
                         args=["--max-queue", "64", "--timeout", "120", "--max-body-bytes", str(1024 * 1024),
                               "--max-image-pixels", str(1000 * 1000), "--log-level", "warning"])
@@ -432,7 +432,7 @@ def _broken_decoder_model(tiny_model_dir: Path, out: Path) -> Path:
 def faulty_server(tiny_model_dir, server_dir):
     model = _broken_decoder_model(tiny_model_dir, server_dir / "broken-model")
     db = server_dir / "faulty.db"
-    CreditStore(db).close()
+    open_store(db).close()
     proc = start_server(model, db=db, log_path=server_dir / "faulty.log", args=["--timeout", "4"])
     yield proc, Keys(db)
     assert proc.stop() == 0
@@ -551,8 +551,10 @@ def test_serve_refuses_a_bad_configuration(tiny_model_dir, tmp_path):
     import subprocess
     import sys
 
-    for args, message in ((["--port", "1"], "--db FILE is required"),
-                          (["--no-auth", "--price", "0"], "--price must be >= 1")):
+    for args, message in ((["--port", "1"], "--db is required"),
+                          (["--no-auth", "--price", "0"], "--price must be >= 1"),
+                          (["--db", "postgresql://outpaint:s3cret@127.0.0.1:1/none"],
+                           "--db: cannot open the credits database postgresql://outpaint:***@127.0.0.1:1/none")):
         result = subprocess.run([sys.executable, "-m", "outpaint.cli", "serve", "--model", str(tiny_model_dir),
                                  *args], capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and message in result.stderr

@@ -22,8 +22,8 @@ pytest.importorskip("uvicorn")
 
 import requests
 
-from outpaint.server.credits import CreditStore
 from outpaint.server.process import ServerProcess, start_server
+from outpaint.server.store import open_store
 
 from .conftest import make_png
 from .process_memory import peak_mb
@@ -72,7 +72,7 @@ def send_until_answered(sock: socket.socket, raw: bytes, chunk: int = 16 * 1024)
 def guarded(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("guarded")
     db = folder / "credits.db"
-    CreditStore(db).close()
+    open_store(db).close()
     proc = start_server(tiny_model_dir, db=db, log_path=folder / "server.log", args=[
         "--max-queue", "2", "--timeout", "60", "--header-timeout", str(HEADER_TIMEOUT_S),
         "--body-timeout", str(BODY_TIMEOUT_S), "--max-connections", str(MAX_CONNECTIONS),

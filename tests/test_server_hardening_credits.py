@@ -31,8 +31,8 @@ pytest.importorskip("uvicorn")
 
 import requests
 
-from outpaint.server.credits import CreditStore
 from outpaint.server.process import ServerProcess, start_server
+from outpaint.server.store import open_store
 
 from .test_server import ROUTE, TIMEOUT, Keys, assert_json_error, cheap_body, jpeg_size, metric, post, wait_until
 
@@ -43,7 +43,7 @@ ARGS = ["--max-queue", "16", "--timeout", "120", "--log-level", "warning"]
 def hardened(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hardening-credits")
     db = folder / "main.db"
-    CreditStore(db).close()
+    open_store(db).close()
     server = start_server(tiny_model_dir, db=db, log_path=folder / "main.log", args=ARGS)
     yield server, Keys(db)
     assert server.stop() == 0, server.log()[-3000:]

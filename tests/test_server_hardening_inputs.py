@@ -24,8 +24,8 @@ pytest.importorskip("uvicorn")
 import requests
 from PIL import Image
 
-from outpaint.server.credits import CreditStore
 from outpaint.server.process import ServerProcess, start_server
+from outpaint.server.store import open_store
 
 from .process_memory import peak_mb, require_proc, reset_peak, rss_mb
 
@@ -155,11 +155,11 @@ def served(tiny_model_dir, tmp_path_factory):
     require_proc()
     folder = tmp_path_factory.mktemp("hardening-inputs")
     db = folder / "credits.db"
-    CreditStore(db).close()
+    open_store(db).close()
     # The defaults that matter here: --max-body-bytes 16 MiB, --max-image-pixels 4096x4096.
     server = start_server(tiny_model_dir, db=db, log_path=folder / "server.log",
                           args=["--max-queue", "16", "--timeout", "120", "--log-level", "warning"])
-    store = CreditStore(db)
+    store = open_store(db)
     yield server, store
     store.close()
     code = server.stop()
