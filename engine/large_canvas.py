@@ -41,8 +41,8 @@ class LargeCanvas:
     """When and how a canvas past the model's native size is generated (module docstring)."""
 
     mode: str = "upscale"
-    threshold: float = 2.0  # canvas area / native area above which `mode` applies
-    refine_strength: float = 0.5  # strength of the full-size pass over the upscaled composition
+    threshold: float = 3.0  # canvas area / native area above which `mode` applies (docs/quality.md)
+    refine_strength: float = 0.6  # strength of the full-size pass over the upscaled composition
 
     def __post_init__(self) -> None:
         if self.mode not in LARGE_CANVAS_MODES:

@@ -12,6 +12,7 @@ from outpaint.core.errors import OutpaintError
 from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
 from outpaint.request_args import add_engine_arguments, add_request_arguments, pipeline_from_args, request_from_args
+from outpaint.scenes.cli import add_scene
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
 from outpaint.training.cli import add_train
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info,
-                add_train, add_zoom, add_pan):
+                add_train, add_zoom, add_pan, add_scene):
         add(sub)
     return parser
 

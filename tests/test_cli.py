@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from .conftest import make_png
 
@@ -166,3 +166,34 @@ def test_a_truncated_graph_is_a_clear_error_from_run_and_serve(tiny_model_dir, t
     assert "Traceback" not in done.stderr
     assert "unet/model.mha.onnx has 1000 bytes" in done.stderr
     assert f"outpaint export --random tiny --seed 0 {model}" in done.stderr
+
+
+def test_scene_zoom_and_pan_from_the_command_line(tiny_model_dir, tmp_path):
+    scene = tmp_path / "scene.png"
+    done = _outpaint("scene", "--seed", "1000003", "--width", "128", "--height", "128", "--out", str(scene))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(scene).size == (128, 128) and len(done.stdout.strip()) > 10  # the caption
+    video, frames = tmp_path / "zoom.webp", tmp_path / "keyframes"
+    done = _outpaint("zoom", "--model", str(tiny_model_dir), "--image", str(scene), "--out", str(video),
+                     "--prompt", "x", "--width", "256", "--height", "256", "--zoom-steps", "2",
+                     "--frames-per-step", "3", "--keyframes", str(frames), "--seed", "4")
+    assert done.returncode == 0, done.stderr
+    assert "seeds 4..5" in done.stdout
+    with Image.open(video) as clip:
+        frame_count = sum(1 for _ in ImageSequence.Iterator(clip))
+        assert frame_count == 7 and clip.size == (256, 256)
+    assert sorted(p.name for p in frames.iterdir()) == [f"keyframe-0{k}.png" for k in range(3)]
+    pano = tmp_path / "pano.jpg"
+    done = _outpaint("pan", "--model", str(tiny_model_dir), "--image", str(scene), "--out", str(pano),
+                     "--prompt", "x", "--width", "256", "--height", "256", "--pan-width", "400")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(pano).size == (400, 256)
+
+
+def test_zoom_refuses_a_video_format_it_cannot_write_before_the_model_loads(tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes(make_png(64, 64))
+    done = _outpaint("zoom", "--model", str(tmp_path / "no-model"), "--image", str(image), "--prompt", "x",
+                     "--out", str(tmp_path / "zoom.avi"))
+    assert done.returncode != 0
+    assert "suffix must be one of .webp, .gif, .mp4" in done.stderr

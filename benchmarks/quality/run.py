@@ -204,6 +204,7 @@ def run_quality(config: QualityConfig) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
     config.out_json.write_text(json.dumps(result, indent=1) + "\n")
     config.out_markdown.write_text(markdown(result))
-    shown = [s.name for s in systems if s.name in SHEET_SYSTEMS] or [s.name for s in systems]
+    shown = [s.name for s in systems if s.name in SHEET_SYSTEMS or s.name.startswith(LARGE_PREFIX)]
+    shown = shown or [s.name for s in systems]
     contact_sheet(config.out_sheet, sheet, shown)
     return result
