@@ -14,6 +14,7 @@ from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
+from outpaint.server.cli import add_serve_ray as _add_serve_ray
 from outpaint.training.cli import add_train
 
 FAST_HELP = ("CPU fast path: UNet window around the new area, deep UNet features reused across steps; "
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info,
-                add_train):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_serve_ray, _add_keys, _add_bench, add_build_engines,
+                add_info, add_train):
         add(sub)
     return parser
 
