@@ -122,7 +122,6 @@ def add_serve_ray(sub) -> None:
 
 def _cmd_serve_ray(args) -> int:
     import logging
-
     import os
 
     if args.address is None:  # before Ray is imported: it reads the switch then (server/ray_serve.py)

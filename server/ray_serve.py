@@ -6,12 +6,14 @@ in WAL mode, or a database URL), refunds what a dead process left open, and serv
 through `@serve.ingress`. Ray's proxy forwards the raw ASGI messages, so every route, header, status
 code, body limit and error body is the app's own; docs/ray.md lists what Ray adds in front.
 
-Queues. A replica's own gate (server/gate.py) stays the admission point: `concurrency` generations
-run, `max_queue` wait, more are answered 503 + Retry-After in the API's format. Ray's router sends a
-replica at most `max_ongoing_requests` = concurrency + max_queue + HEADROOM requests (the headroom is
-for what never takes a slot: probes, 401/406 answers, a request that the gate turns away), and keeps
-at most `max_queued_requests` more in each proxy; past that the proxy answers 503 itself, with
-Retry-After (`backpressure_config`) and a JSON body (server/ray_proxy.py).
+Queues. Ray's router sends a replica at most `max_ongoing_requests` = concurrency + max_queue
+requests, exactly what the replica's gate (server/gate.py) admits, and each proxy holds at most
+`max_queued_requests` more until a replica has room; past that the proxy answers 503 itself, with
+Retry-After (`backpressure_config`) and a JSON body (server/ray_proxy.py). The router must own the
+bound: its picks follow replica load reported with a delay, so with any slack above the gate, six
+requests at once on two replicas of three slots each were split 4 + 2, and one got the gate's 503
+while the other replica had a free slot (measured, tests/test_ray_serve.py). The gate keeps its
+bound as a second line (it answers the API's own 503 if a request ever gets past Ray's count).
 
 Health: `check_health` asks the runtime (server/health.py), so a replica whose graphs fail is
 replaced by Ray. Drain: Ray stops routing to a replica it stops and waits up to
@@ -46,7 +48,6 @@ from .ray_proxy import IMPORT_PATH as PROXY_IMPORT_PATH
 log = logging.getLogger("outpaint.server.ray")
 DEPLOYMENT = "outpaint"
 APP_NAME = "outpaint"
-HEADROOM = 4  # requests a replica may hold beyond its gate's slots (see the module doc)
 GPU_BACKENDS = frozenset({"ort-cuda", "ort-trt", "tensorrt"})
 REPLICA_HEADER = "x-replica"
 
@@ -97,7 +98,7 @@ def deployment_options(config: ServerConfig, options: RayOptions) -> dict[str, A
     found: dict[str, Any] = {
         "name": DEPLOYMENT,
         "ray_actor_options": actor,
-        "max_ongoing_requests": config.concurrency + config.max_queue + HEADROOM,
+        "max_ongoing_requests": config.concurrency + config.max_queue,
         "max_queued_requests": options.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after),
         "health_check_period_s": options.health_check_period_s,
