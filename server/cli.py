@@ -93,8 +93,8 @@ def add_serve_ray(sub) -> None:
                    help="CPU cores Ray reserves for each replica; also its runtime threads (default 1)")
     p.add_argument("--gpus-per-replica", type=float,
                    help="GPUs per replica (default 1 on a GPU backend, else 0)")
-    p.add_argument("--max-queued-requests", type=int, default=16,
-                   help="requests Serve's proxy holds when every replica is full; more get 503 (default 16)")
+    p.add_argument("--max-queued-requests", type=int, default=64,
+                   help="requests each Serve proxy holds until a replica has room; more get 503 (default 64)")
     p.add_argument("--address", help="join this running Ray cluster instead of starting a local one on loopback")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: this machine's)")
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),

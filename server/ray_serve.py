@@ -63,7 +63,7 @@ class RayOptions:
     max_replicas: int | None = None
     cpus_per_replica: float = 1.0  # Ray's scheduling unit; also the runtime's thread count on a CPU backend
     gpus_per_replica: float | None = None  # None: 1 on a GPU backend, 0 on a CPU one
-    max_queued_requests: int = 16  # per proxy, beyond what the replicas hold; -1 = unbounded (not advised)
+    max_queued_requests: int = 64  # per proxy, beyond what the replicas hold; -1 = unbounded (not advised)
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
     graceful_shutdown_timeout_s: float | None = None  # None: the request deadline + 30 s
