@@ -223,6 +223,24 @@ def test_a_replica_killed_mid_request_answers_json_and_its_credit_comes_back(ray
     print(f"refunded {refunded_after:.1f} s after the kill")
 
 
+
+def test_sigterm_drains_in_flight_work_then_exits_0(ray_server, keys):
+    """Last of the module (it stops the cluster): a generation running when SIGTERM arrives finishes, is
+    delivered and charged once; the process then exits 0 (the fixture checks the code)."""
+    key_id, key = keys.new(1)
+    result: dict[str, requests.Response] = {}
+    slow = threading.Thread(target=lambda: result.update(r=post(ray_server, cheap_body(num_inference_steps=60,
+                                                                                      strength=1.0), key)))
+    slow.start()
+    wait_until(lambda: any(row[1] == key_id for row in keys.store.open_reservations()), 60, "the reservation")
+    ray_server.process.send_signal(signal.SIGTERM)
+    slow.join(TIMEOUT)
+    assert jpeg_size(result["r"]) == (256, 256)
+    assert result["r"].headers["x-remaining-credits"] == "0"
+    assert ray_server.process.wait(timeout=120) == 0, ray_server.log()[-3000:]
+    assert keys.balance(key_id) == 0
+    assert keys.store.open_reservations() == []
+
 # -- check_health's probe, without Ray ---------------------------------------------------------------------
 
 
