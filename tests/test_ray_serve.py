@@ -184,6 +184,9 @@ def test_full_queues_answer_503_json_with_retry_after_and_charge_nothing(ray_ser
             assert_json_error(r, 503)
             assert int(r.headers["retry-after"]) >= 1
     assert set(by_code) <= {200, 503} and by_code.get(503, 0) >= 1, by_code
+    # Ray's router holds each replica to its gate's slots, so the 503s are the proxy's own, rewritten from
+    # Ray's plain text into the API's format (server/ray_proxy.py).
+    assert any("at capacity" in r.json()["error"] for r in responses if r.status_code == 503)
     # Every gate slot and the proxy's queue: at least the six slots' worth succeeded.
     assert by_code.get(200, 0) >= 2 * (CONCURRENCY + MAX_QUEUE), by_code
     assert keys.balance(key_id) == 30 - by_code.get(200, 0)
@@ -240,6 +243,39 @@ def test_sigterm_drains_in_flight_work_then_exits_0(ray_server, keys):
     assert ray_server.process.wait(timeout=120) == 0, ray_server.log()[-3000:]
     assert keys.balance(key_id) == 0
     assert keys.store.open_reservations() == []
+
+# -- without a cluster: the deployment's options and the config-file builder ------------------------------
+
+
+def test_deployment_options_follow_the_gate_and_the_backend():
+    from outpaint.server.config import ServerConfig
+    from outpaint.server.ray_serve import RayOptions, deployment_options
+
+    cpu = deployment_options(ServerConfig(model=Path("m"), concurrency=2, max_queue=5, timeout_s=100),
+                             RayOptions(replicas=3, cpus_per_replica=4))
+    assert cpu["num_replicas"] == 3 and cpu["max_ongoing_requests"] == 7
+    assert cpu["ray_actor_options"] == {"num_cpus": 4}
+    assert cpu["graceful_shutdown_timeout_s"] == 130 and cpu["backpressure_config"].retry_after_s == 10
+    gpu = deployment_options(ServerConfig(model=Path("m"), backend="ort-cuda"),
+                             RayOptions(replicas=2, min_replicas=1, max_replicas=8))
+    assert gpu["ray_actor_options"]["num_gpus"] == 1 and "num_replicas" not in gpu
+    assert gpu["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 2, "max_replicas": 8,
+                                         "target_ongoing_requests": 1, "upscale_delay_s": 30.0,
+                                         "downscale_delay_s": 300.0}
+
+
+def test_the_config_file_builder_types_its_arguments_and_names_the_bad_ones(tiny_model_dir):
+    from outpaint.server.ray_serve import app
+
+    app({"model": str(tiny_model_dir), "db": "credits.db", "concurrency": "2", "timeout_s": "30",
+         "max_replicas": "4", "fast": "false"})  # as `serve run ... key=value` passes them: strings
+    with pytest.raises(ValueError, match=r"unknown arguments modle; allowed: .*model"):
+        app({"modle": "x"})
+    with pytest.raises(ValueError, match="--concurrency must be >= 1"):
+        app({"model": str(tiny_model_dir), "db": "c.db", "concurrency": 0})
+    with pytest.raises(ValueError, match="--min-replicas and --max-replicas"):
+        app({"model": str(tiny_model_dir), "db": "c.db", "min_replicas": 3, "max_replicas": 2})
+
 
 # -- check_health's probe, without Ray ---------------------------------------------------------------------
 
