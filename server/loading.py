@@ -10,11 +10,13 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-
-from outpaint.engine.pipeline import OutpaintPipeline
+from typing import TYPE_CHECKING
 
 from .config import ServerConfig
 from .credits import CreditStore
+
+if TYPE_CHECKING:  # the pipeline (numpy, ONNX Runtime) loads only where a model is served, not in Ray's proxy
+    from outpaint.engine.pipeline import OutpaintPipeline
 
 log = logging.getLogger("outpaint.server")
 
@@ -23,6 +25,7 @@ def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]
     """The pipeline `config` asks for, and the config with the backend that `--fast` resolved to."""
     from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.fast_path import EXACT, FastPathOptions
+    from outpaint.engine.pipeline import OutpaintPipeline
 
     backend, reason = resolve_backend(config.backend, config.fast)
     if reason:

@@ -13,11 +13,21 @@ Ray loads it into every proxy from the environment:
 `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=outpaint.server.ray_proxy:middlewares`, set on every
 node before Ray starts there (`outpaint serve-ray` sets it for the local Ray it starts; the
 KubeRay example in docs/ray.md sets it on the head and worker containers).
+
+Its own answers to an authenticated request carry `x-remaining-credits` like the app's (api.md:
+every response to an authenticated request): the proxy opens the credits store named by
+`OUTPAINT_CREDITS_DB` (the same `--db` string as the replicas; `outpaint serve-ray` sets it) and
+looks the key up only when it answers itself, which is under overload or after a crash: one indexed
+read, as the app does before its own 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
+from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +35,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 IMPORT_PATH = "outpaint.server.ray_proxy:middlewares"
 ENV_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 RETRY_AFTER_S = 5  # when Ray's own 503 names no delay (no replica up yet)
+CREDITS_ENV = "OUTPAINT_CREDITS_DB"
+MAX_KEY_CHARS = 256  # as server/app.py: a longer x-api-key is no key of ours, never looked up
+_store: Any = None
+_store_lock = threading.Lock()
+
+
+def _balance_of(key: str) -> int | None:
+    """The balance of an active key, or None (no store configured, unknown key). Blocking."""
+    global _store
+    db = os.environ.get(CREDITS_ENV)
+    if not db or not key or len(key) > MAX_KEY_CHARS:
+        return None
+    with _store_lock:
+        if _store is None:
+            from .loading import open_credit_store
+
+            _store = open_credit_store(db)
+    key_id = _store.authenticate(key)
+    return None if key_id is None else _store.balance(key_id)
+
+
+async def _credit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    key = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-api-key"), "")
+    try:
+        balance = await asyncio.to_thread(_balance_of, key) if key else None
+    except Exception:  # the answer matters more than the header: a store error leaves it out
+        return []
+    return [] if balance is None else [(b"x-remaining-credits", str(balance).encode())]
 
 
 def middlewares() -> list[Middleware]:
@@ -79,6 +117,7 @@ class ApiErrorsAtTheProxy:
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
                 if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
                     headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+                headers += await _credit_headers(scope)
                 started = True
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
@@ -103,6 +142,7 @@ async def _internal_error(scope: Scope, send: Send) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if request_id:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
+    headers += await _credit_headers(scope)
     await send({"type": "http.response.start", "status": 500, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -42,6 +42,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import ServerConfig
+from .ray_proxy import CREDITS_ENV
 from .ray_proxy import ENV_VAR as PROXY_ENV_VAR
 from .ray_proxy import IMPORT_PATH as PROXY_IMPORT_PATH
 
@@ -261,8 +262,11 @@ def serve_ray(
         application = build_application(config, options)
     except ValueError as exc:
         raise SystemExit(f"outpaint serve-ray: {exc}") from None
-    # The proxy is a Ray actor: it reads its middleware from the environment Ray starts it with.
+    # The proxy is a Ray actor: it reads its middleware, and the store its own answers look balances up
+    # in, from the environment Ray starts it with (server/ray_proxy.py).
     os.environ.setdefault(PROXY_ENV_VAR, PROXY_IMPORT_PATH)
+    if not config.no_auth and config.db is not None:
+        os.environ[CREDITS_ENV] = str(absolute(config).db)
     if address is None:
         start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus)
     else:

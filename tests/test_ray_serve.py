@@ -183,6 +183,7 @@ def test_full_queues_answer_503_json_with_retry_after_and_charge_nothing(ray_ser
         else:
             assert_json_error(r, 503)
             assert int(r.headers["retry-after"]) >= 1
+            assert r.headers["x-remaining-credits"].isdigit()  # the proxy's own answers carry it too
     assert set(by_code) <= {200, 503} and by_code.get(503, 0) >= 1, by_code
     # Ray's router holds each replica to its gate's slots, so the 503s are the proxy's own, rewritten from
     # Ray's plain text into the API's format (server/ray_proxy.py).
@@ -217,6 +218,7 @@ def test_a_replica_killed_mid_request_answers_json_and_its_credit_comes_back(ray
     r = result["r"]
     body = assert_json_error(r, 500)
     assert "refunded" in body["error"]
+    assert r.headers["x-remaining-credits"].isdigit()
     wait_until(lambda: keys.balance(key_id) == 2, 30, "the other replica's sweep to refund the killed one's credit")
     refunded_after = time.monotonic() - killed
     assert [row for row in keys.store.open_reservations() if row[1] == key_id] == []
