@@ -116,11 +116,13 @@ def kill_a_replica(store: CreditStore, key_id: int, run: Run, after_s: float = 2
     while time.monotonic() < deadline:
         rows = [row for row in store.open_reservations() if row[1] == key_id]
         if rows:
-            pid = int(rows[0][3].split(":")[1])
+            owner = rows[0][3]
+            pid = int(owner.split(":")[1])
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             if "ServeReplica" in cmdline:
                 os.kill(pid, signal.SIGKILL)
-                run.faults.append(f"SIGKILL replica pid {pid} holding {len(rows)} reservation(s)")
+                held = sum(1 for row in rows if row[3] == owner)
+                run.faults.append(f"SIGKILL of the replica holding {held} of the {len(rows)} open reservations")
                 return
         time.sleep(0.05)
     run.problems.append("no reservation to kill a replica under")
