@@ -80,8 +80,8 @@ def add_serve_ray(sub) -> None:
     p = sub.add_parser("serve-ray", help="serve the same HTTP API on Ray Serve: N replicas behind one endpoint "
                        "(docs/ray.md)")
     p.add_argument("--model", type=Path, required=True, help="exported model folder (on every node)")
-    p.add_argument("--db", type=Path, help="credits store shared by the replicas: an SQLite file (one machine) "
-                   "or a database URL; see `outpaint keys`")
+    p.add_argument("--db", type=_database, help="credits store shared by the replicas: an SQLite file (one "
+                   "machine) or a database URL, passed to every replica unchanged; see `outpaint keys`")
     p.add_argument("--host", default=defaults.host, help=f"address Serve's proxy listens on (default {defaults.host})")
     p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
     p.add_argument("--replicas", type=int, default=2, help="replicas (processes, each with the model loaded; "
@@ -118,6 +118,11 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve_ray)
+
+
+def _database(text: str) -> Path | str:
+    """A file path, or a URL kept as written (Path would fold its `//`)."""
+    return text if "://" in text else Path(text)
 
 
 def _cmd_serve_ray(args) -> int:

@@ -13,7 +13,7 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class ServerConfig:
     model: Path
-    db: Path | None = None  # SQLite credits store; required unless no_auth
+    db: Path | str | None = None  # the credits store: an SQLite file, or a database URL; required unless no_auth
     host: str = "127.0.0.1"
     port: int = 8000
     # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).

@@ -38,7 +38,7 @@ def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]
     return config, pipeline
 
 
-def open_credit_store(db: Path) -> CreditStore:
+def open_credit_store(db: Path | str) -> CreditStore:
     """The credits store that `--db` names. The one place a store is opened for serving: the database
     URL factory (SQLite file or postgresql://) replaces this line."""
     return CreditStore(db)
