@@ -271,6 +271,13 @@ def test_the_config_file_builder_types_its_arguments_and_names_the_bad_ones(tiny
 
     app({"model": str(tiny_model_dir), "db": "credits.db", "concurrency": "2", "timeout_s": "30",
          "max_replicas": "4", "fast": "false"})  # as `serve run ... key=value` passes them: strings
+    # A database URL reaches the replicas as written; a file becomes absolute (a replica's cwd is not ours).
+    from outpaint.server.config import ServerConfig
+    from outpaint.server.ray_serve import absolute
+
+    url = "postgresql://outpaint@127.0.0.1:5432/credits"
+    assert absolute(ServerConfig(model=Path("m"), db=url)).db == url
+    assert absolute(ServerConfig(model=Path("m"), db=Path("c.db"))).db == Path("c.db").resolve()
     with pytest.raises(ValueError, match=r"unknown arguments modle; allowed: .*model"):
         app({"modle": "x"})
     with pytest.raises(ValueError, match="--concurrency must be >= 1"):
