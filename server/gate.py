@@ -95,6 +95,7 @@ class Gate:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="outpaint-generate")
         self._running_lock = threading.Lock()
         self._recent_seconds = 0.0  # moving average of a generation's duration, for Retry-After
+        self.last_step_at: float | None = None  # monotonic time the runtime last finished a step (health checks)
 
     @property
     def waiting(self) -> int:
@@ -158,6 +159,7 @@ class Gate:
             try:
                 for item in generator:
                     if isinstance(item, StepEvent):
+                        self.last_step_at = time.monotonic()
                         self.on_step(item.seconds)
                         self.cost.record(request, item.seconds)
                         steps_left = item.total - item.index - 1
@@ -176,6 +178,13 @@ class Gate:
 
     def _remember(self, seconds: float) -> None:
         self._recent_seconds = seconds if not self._recent_seconds else 0.8 * self._recent_seconds + 0.2 * seconds
+
+    def overdue(self, margin_s: float) -> int:
+        """How many running generations are past their deadline by more than `margin_s`: a worker
+        that stopped making steps (each step checks the deadline, so a live one ends near it)."""
+        now = time.monotonic()
+        with self._running_lock:
+            return sum(1 for ticket in self._tickets if now > ticket.deadline + margin_s)
 
     def abort_all(self) -> None:
         """Stop every generation at its next step (each answers 503 and is refunded)."""
