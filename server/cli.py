@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from outpaint.engine import large_canvas
+from outpaint.engine import colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
 
 from .config import MIB, ServerConfig
@@ -29,6 +29,7 @@ def add_serve(sub) -> None:
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
                    "area, several times faster (docs/benchmarks.md); without --backend it runs bf16 where "
                    "this CPU has it natively, else fp32, and logs which")
+    colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
@@ -68,7 +69,7 @@ def _cmd_serve(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), no_auth=args.no_auth,
+        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match, no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
@@ -103,6 +104,7 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
                    help="graph runtime (default ort-cpu)")
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path (see `outpaint serve --help`)")
+    colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
@@ -144,7 +146,7 @@ def _cmd_serve_ray(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args),
+        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match,
         no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
         timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s, max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
