@@ -1,8 +1,10 @@
 """`outpaint serve-ray`: the API on a real local Ray cluster (loopback, 2 CPUs), two replicas of the
-tiny model sharing one SQLite credits file, spoken to over HTTP like `outpaint serve` (test_server.py).
+tiny model sharing one PostgreSQL credits database (a real server, tests/postgres_server.py), spoken
+to over HTTP like `outpaint serve` (test_server.py): the deployment of many machines, on one.
 
 One cluster for the module (starting Ray and two replicas takes about 20 s on 2 cores); the plain
-server runs beside it on the same credits file, so every answer can be compared with its own.
+server runs beside it on the same credits file, so every answer can be compared with its own. SQLite shared by
+processes is what test_server.py and the serve_faults benchmark run.
 """
 
 from __future__ import annotations
@@ -42,14 +44,19 @@ def ray_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keys(ray_dir) -> Keys:
-    return Keys(ray_dir / "credits.db")
+def credits_db(postgres_cluster) -> str:
+    return postgres_cluster.create_database()
 
 
 @pytest.fixture(scope="module")
-def ray_server(tiny_model_dir, ray_dir, keys):
+def keys(credits_db) -> Keys:
+    return Keys(credits_db)
+
+
+@pytest.fixture(scope="module")
+def ray_server(tiny_model_dir, ray_dir, credits_db, keys):
     proc = start_server(
-        tiny_model_dir, db=ray_dir / "credits.db", log_path=ray_dir / "serve-ray.log", subcommand="serve-ray",
+        tiny_model_dir, db=credits_db, log_path=ray_dir / "serve-ray.log", subcommand="serve-ray",
         ready_line="on Ray Serve", ready_timeout_s=180,
         args=["--replicas", "2", "--num-cpus", "2", "--cpus-per-replica", "1", "--concurrency", str(CONCURRENCY),
               "--max-queue", str(MAX_QUEUE), "--max-queued-requests", str(RAY_QUEUE), "--timeout", "60",
@@ -61,9 +68,9 @@ def ray_server(tiny_model_dir, ray_dir, keys):
 
 
 @pytest.fixture(scope="module")
-def plain_server(tiny_model_dir, ray_dir, keys):
-    """`outpaint serve` with the same limits, on the same credits file."""
-    proc = start_server(tiny_model_dir, db=ray_dir / "credits.db", log_path=ray_dir / "serve.log",
+def plain_server(tiny_model_dir, ray_dir, credits_db, keys):
+    """`outpaint serve` with the same limits, on the same credits database."""
+    proc = start_server(tiny_model_dir, db=credits_db, log_path=ray_dir / "serve.log",
                         args=["--concurrency", str(CONCURRENCY), "--max-queue", str(MAX_QUEUE), "--timeout", "60",
                               "--max-body-bytes", str(1024 * 1024), "--max-image-pixels", str(1000 * 1000),
                               "--log-level", "warning"])
