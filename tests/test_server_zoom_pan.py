@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import requests
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from outpaint.engine.pan import plan_panorama
 from outpaint.server.process import ServerProcess, start_server
@@ -40,6 +40,10 @@ def chain_body(**overrides) -> dict:
             "strength": 0.1, "seed": 11}
     body.update(overrides)
     return body
+
+
+def frame_count(image: Image.Image) -> int:
+    return sum(1 for _ in ImageSequence.Iterator(image))
 
 
 def post(server: ServerProcess, path: str, body: dict, key: str, **headers: str) -> requests.Response:
@@ -70,7 +74,7 @@ def test_zoom_returns_a_video_of_every_frame_and_charges_price_per_step(served):
     assert r.headers["content-type"] == "image/webp"
     video = Image.open(io.BytesIO(r.content))
     assert video.format == "WEBP" and video.size == (256, 256)
-    assert video.n_frames == 2 * 3 + 1 == int(r.headers["x-frames"])
+    assert frame_count(video) == 2 * 3 + 1 == int(r.headers["x-frames"])
     assert r.headers["x-seed"] == "11" and r.headers["x-outpaints"] == "2"
     scores = [float(s) for s in r.headers["x-seam-scores"].split(",")]
     assert len(scores) == 2 and float(r.headers["x-seam-score"]) == pytest.approx(max(scores), abs=1e-3)
@@ -87,7 +91,7 @@ def test_zoom_as_gif_and_the_same_seed_gives_the_same_video(served):
     assert first.status_code == 200, first.text[:500]
     assert first.headers["content-type"] == "image/gif"
     gif = Image.open(io.BytesIO(first.content))
-    assert gif.format == "GIF" and gif.size == (256, 256) and gif.n_frames == 3
+    assert gif.format == "GIF" and gif.size == (256, 256) and frame_count(gif) == 3
     again = post(server, ZOOM, {**body, "seed": int(first.headers["x-seed"])}, key)
     assert again.content == first.content
     assert store.balance(key_id) == 0
