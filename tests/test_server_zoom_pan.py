@@ -237,3 +237,52 @@ def test_openapi_documents_both_routes(served):
     assert "image/jpeg" in pan["responses"]["200"]["content"]
     for operation in (zoom, pan):
         assert {"200", "400", "401", "406", "413", "503"} <= set(operation["responses"])
+
+
+# -- the gate's part, in process ------------------------------------------------------------------
+
+
+def _one_outpaint(pipeline, _ticket, count: int = 1) -> int:
+    from outpaint.engine.canvas import decode_image
+
+    from .conftest import make_png, make_request
+
+    source = decode_image(make_png(128, 128))
+    for _ in range(count):
+        for _item in pipeline.generate(source, make_request(num_inference_steps=2)):
+            pass
+    return count
+
+
+def test_a_chain_that_runs_another_count_than_it_reserved_fails(tiny_pipeline):
+    import asyncio
+    import functools
+
+    from outpaint.server.gate import Gate, Ticket
+
+    gate = Gate(tiny_pipeline)
+    try:
+        far = time.monotonic() + 600
+        assert asyncio.run(gate.run_sequence(functools.partial(_one_outpaint, count=2), 2, Ticket(far))) == 2
+        for ran, planned in ((1, 2), (3, 2)):
+            with pytest.raises(RuntimeError, match="planned"):
+                asyncio.run(gate.run_sequence(functools.partial(_one_outpaint, count=ran), planned, Ticket(far)))
+        assert gate.running == 0
+    finally:
+        gate.shutdown()
+
+
+def test_a_chain_stops_at_its_first_step_when_the_outpaints_after_it_cannot_finish(tiny_pipeline):
+    import asyncio
+
+    from outpaint.server.gate import DeadlineExceeded, Gate, Ticket
+
+    steps = []
+    gate = Gate(tiny_pipeline, on_step=steps.append)
+    try:
+        # A minute is plenty for one outpaint, never for a million of them: stopped after its first step.
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(gate.run_sequence(_one_outpaint, 10**6, Ticket(time.monotonic() + 60)))
+        assert len(steps) == 1
+    finally:
+        gate.shutdown()
