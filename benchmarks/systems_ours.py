@@ -50,7 +50,8 @@ def _load(system: str, config: BenchConfig):
     from outpaint.engine.pipeline import OutpaintPipeline
 
     # The same computation as the peers at every canvas: the large-canvas strategy (a different, cheaper
-    # computation past the native size) is judged by the quality benchmark, not timed against diffusers.
+    # computation past the native size) and the colour match (a post-process diffusers lacks) are judged
+    # by the quality benchmark, not timed against diffusers.
     if system == "outpaint-fast":
         fast = config.fast
         options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
@@ -58,8 +59,9 @@ def _load(system: str, config: BenchConfig):
                                   feature_cache_interval=fast.feature_cache_interval)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
         return OutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options=options,
-                                     large_canvas=LARGE_CANVAS_OFF)
-    return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system], large_canvas=LARGE_CANVAS_OFF)
+                                     large_canvas=LARGE_CANVAS_OFF, colour_match="off")
+    return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system], large_canvas=LARGE_CANVAS_OFF,
+                                 colour_match="off")
 
 
 UNET_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)  # whichever of them a request's UNet calls run

@@ -14,13 +14,15 @@ Which one runs by default, if any, is decided by the quality benchmark (docs/qua
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from .colour import lab_to_srgb, srgb_to_lab
 
 MODES = ("off", "decoded", "band")
-COLOUR_MATCH_DEFAULT = "off"  # until the quality benchmark shows a mode winning (docs/quality.md)
+COLOUR_MATCH_DEFAULT = "band"  # ahead of "off" on PSNR, seam and colour shift (docs/quality.md)
 BAND_PX = 32
 SCALE_LIMITS = (0.5, 2.0)  # on the std ratio: a band of flat sky must not blow up the new area's contrast
 
@@ -51,3 +53,11 @@ def match_colours(decoded: np.ndarray, source_rgb: np.ndarray, known: np.ndarray
     out = decoded.copy()
     out[new] = lab_to_srgb((lab[new] - mu_from) * scale + mu_to)
     return out
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """`--colour-match` (outpaint run / zoom / pan / serve)."""
+    parser.add_argument("--colour-match", default=COLOUR_MATCH_DEFAULT, choices=MODES,
+                        help="harmonise the new area's colours to the source before paste-back: band (statistics "
+                             "of the band each side of the boundary, Krita's way), decoded (of the whole decoded "
+                             f"source area) or off (default {COLOUR_MATCH_DEFAULT}; docs/quality.md)")

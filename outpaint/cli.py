@@ -15,6 +15,7 @@ from outpaint.request_args import add_engine_arguments, add_request_arguments, p
 from outpaint.scenes.cli import add_scene
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
+from outpaint.server.cli import add_serve_ray as _add_serve_ray
 from outpaint.training.cli import add_train
 from outpaint.zoom_pan_cli import add_pan, add_zoom
 
@@ -98,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_keys, _add_bench, add_build_engines, add_info,
-                add_train, add_zoom, add_pan, add_scene):
+    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_serve_ray, _add_keys, _add_bench, add_build_engines,
+                add_info, add_train, add_zoom, add_pan, add_scene):
         add(sub)
     return parser
 

@@ -54,12 +54,13 @@ def request_from_args(args: argparse.Namespace, schedulers: tuple[str, ...]) -> 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """--model, --backend, --fast and the large-canvas options: how the pipeline is loaded."""
-    from outpaint.engine import large_canvas
+    from outpaint.engine import colour_match, large_canvas
     from outpaint.engine.backends.registry import BACKENDS
 
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
     p.add_argument("--backend", default=None, choices=tuple(BACKENDS), help=BACKEND_HELP)
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    colour_match.add_argument(p)
     large_canvas.add_arguments(p)
 
 
@@ -75,4 +76,5 @@ def pipeline_from_args(args: argparse.Namespace) -> OutpaintPipeline:
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
     return OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,
-                                 large_canvas=large)
+                                 colour_match=args.colour_match, large_canvas=large)
+

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from outpaint.engine import large_canvas
+from outpaint.engine import colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
 
 from .config import MIB, ServerConfig
@@ -29,6 +29,7 @@ def add_serve(sub) -> None:
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
                    "area, several times faster (docs/benchmarks.md); without --backend it runs bf16 where "
                    "this CPU has it natively, else fp32, and logs which")
+    colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
@@ -77,7 +78,7 @@ def _cmd_serve(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), no_auth=args.no_auth,
+        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match, no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
@@ -87,6 +88,86 @@ def _cmd_serve(args) -> int:
         max_pan_outpaints=args.max_pan_outpaints, max_video_pixels=args.max_video_pixels,
     )
     return serve(config, log_level=args.log_level)
+
+
+def add_serve_ray(sub) -> None:
+    defaults = ServerConfig(model=Path("."))
+    p = sub.add_parser("serve-ray", help="serve the same HTTP API on Ray Serve: N replicas behind one endpoint "
+                       "(docs/ray.md)")
+    p.add_argument("--model", type=Path, required=True, help="exported model folder (on every node)")
+    p.add_argument("--db", type=_database, help="credits store shared by the replicas: an SQLite file (one "
+                   "machine) or a database URL, passed to every replica unchanged; see `outpaint keys`")
+    p.add_argument("--host", default=defaults.host, help=f"address Serve's proxy listens on (default {defaults.host})")
+    p.add_argument("--port", type=int, default=defaults.port, help=f"(default {defaults.port})")
+    p.add_argument("--replicas", type=int, default=2, help="replicas (processes, each with the model loaded; "
+                   "default 2)")
+    p.add_argument("--min-replicas", type=int, default=1, help="with --max-replicas: autoscale from this many")
+    p.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas (target: --concurrency "
+                   "generations running per replica)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0,
+                   help="CPU cores Ray reserves for each replica; also its runtime threads (default 1)")
+    p.add_argument("--gpus-per-replica", type=float,
+                   help="GPUs per replica (default 1 on a GPU backend, else 0)")
+    p.add_argument("--max-queued-requests", type=int, default=64,
+                   help="requests each Serve proxy holds until a replica has room; more get 503 (default 64)")
+    p.add_argument("--address", help="join this running Ray cluster instead of starting a local one on loopback")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: this machine's)")
+    p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
+                   help="graph runtime (default ort-cpu)")
+    p.add_argument("--fast", action="store_true", help="serve the CPU fast path (see `outpaint serve --help`)")
+    colour_match.add_argument(p)
+    large_canvas.add_arguments(p)
+    p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
+    p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
+    p.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                   help=f"generations running at once in each replica (default {defaults.concurrency})")
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                   help=f"generations waiting in each replica; more get 503 (default {defaults.max_queue})")
+    p.add_argument("--timeout", type=float, default=defaults.timeout_s, dest="timeout_s",
+                   help=f"per-request deadline in seconds, queue wait included (default {defaults.timeout_s:g}); "
+                        "a stopping replica waits this long + 30 s for its requests")
+    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, dest="body_timeout_s",
+                   help=f"seconds a request has to send its body (default {defaults.body_timeout_s:g})")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                   help=f"request body limit, 413 beyond (default {defaults.max_body_bytes // MIB} MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                   help=f"decoded source image limit in pixels, 413 beyond (default {defaults.max_image_pixels})")
+    p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_cmd_serve_ray)
+
+
+def _database(text: str) -> Path | str:
+    """A file path, or a URL kept as written (Path would fold its `//`)."""
+    return text if "://" in text else Path(text)
+
+
+def _cmd_serve_ray(args) -> int:
+    import logging
+    import os
+
+    if args.address is None:  # before Ray is imported: it reads the switch then (server/ray_serve.py)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        from .ray_serve import RayOptions, serve_ray
+    except ImportError as exc:
+        raise SystemExit(f"outpaint serve-ray needs the ray extra ({exc.name} is missing): "
+                         "pip install 'outpaint[ray]'") from None
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
+    config = ServerConfig(
+        model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
+        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match,
+        no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
+        timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s, max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
+    )
+    options = RayOptions(
+        replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+        max_queued_requests=args.max_queued_requests,
+    )
+    return serve_ray(config, options, address=args.address, num_cpus=args.num_cpus)
 
 
 DB_HELP = "credits store: an SQLite file or a postgresql://user@host/db URL"

@@ -102,6 +102,7 @@ class Gate:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="outpaint-generate")
         self._running_lock = threading.Lock()
         self._recent_seconds = 0.0  # moving average of a generation's duration, for Retry-After
+        self.last_step_at: float | None = None  # monotonic time the runtime last finished a step (health checks)
 
     @property
     def waiting(self) -> int:
@@ -181,6 +182,7 @@ class Gate:
     def _step(self, event: StepEvent, request: OutpaintRequest, ticket: Ticket, outpaints_after: int = 0) -> None:
         """Record one denoising step and stop the work if it should: `outpaints_after` more outpaints
         of as many steps follow this one's."""
+        self.last_step_at = time.monotonic()
         self.on_step(event.seconds)
         self.cost.record(request, event.seconds)
         steps_left = event.total - event.index - 1 + outpaints_after * event.total
@@ -217,6 +219,13 @@ class Gate:
 
     def _remember(self, seconds: float) -> None:
         self._recent_seconds = seconds if not self._recent_seconds else 0.8 * self._recent_seconds + 0.2 * seconds
+
+    def overdue(self, margin_s: float) -> int:
+        """How many running generations are past their deadline by more than `margin_s`: a worker
+        that stopped making steps (each step checks the deadline, so a live one ends near it)."""
+        now = time.monotonic()
+        with self._running_lock:
+            return sum(1 for ticket in self._tickets if now > ticket.deadline + margin_s)
 
     def abort_all(self) -> None:
         """Stop every generation at its next step (each answers 503 and is refunded)."""

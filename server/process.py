@@ -70,11 +70,14 @@ def start_server(
     host: str = "127.0.0.1",
     ready_timeout_s: float = 120.0,
     env: dict[str, str] | None = None,
+    subcommand: str = "serve",
+    ready_line: str | None = None,
 ) -> ServerProcess:
-    """Start `outpaint serve` and return once /readyz answers 200 (raise with its log otherwise)."""
+    """Start `outpaint serve` (or `subcommand`, e.g. serve-ray) and return once /readyz answers 200 and,
+    if given, `ready_line` is in its log (raise with its log otherwise)."""
     for _attempt in range(3):  # another process may take the free port between our probe and its bind
         port = free_port(host)
-        command = [sys.executable, "-m", "outpaint.cli", "serve", "--model", str(model), "--host", host,
+        command = [sys.executable, "-m", "outpaint.cli", subcommand, "--model", str(model), "--host", host,
                    "--port", str(port), *(["--db", str(db)] if db is not None else []), *args]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
@@ -82,7 +85,7 @@ def start_server(
         server = ServerProcess(process, f"http://{host}:{port}", log_path, command)
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline and server.running():
-            if _ready(server.url):
+            if _ready(server.url) and (ready_line is None or ready_line in server.log()):
                 return server
             time.sleep(0.1)
         if server.running():

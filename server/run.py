@@ -10,7 +10,6 @@ Reservations left open by SIGKILL are refunded when their lease expires.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import time
@@ -75,40 +74,14 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(config: ServerConfig, *, log_level: str = "info") -> int:
-    from outpaint.engine.cpu_features import resolve_backend
-    from outpaint.engine.fast_path import EXACT, FastPathOptions
-    from outpaint.engine.pipeline import OutpaintPipeline
-
     from .app import create_app
-    from .credits import CreditError
-    from .store import open_store
+    from .loading import load_pipeline, open_serving_store
 
     problems = config.problems()
     if problems:
         raise SystemExit("outpaint serve: " + "; ".join(problems))
-    backend, reason = resolve_backend(config.backend, config.fast)
-    if reason:
-        log.info("--fast: %s", reason)
-    config = dataclasses.replace(config, backend=backend)
-    started = time.perf_counter()
-    pipeline = OutpaintPipeline.load(config.model, backend, options=FastPathOptions() if config.fast else EXACT,
-                                     large_canvas=config.large_canvas)
-    log.info("loaded %s (%s%s) in %.1f s", config.model, backend, ", fast path" if config.fast else "",
-             time.perf_counter() - started)
-    store = None
-    if config.no_auth:
-        log.warning("--no-auth: anyone who can reach %s:%d can generate, no credits are counted",
-                    config.host, config.port)
-    else:
-        assert config.db is not None  # problems() says so
-        try:
-            store = open_store(config.db)
-        except CreditError as exc:
-            raise SystemExit(f"outpaint serve: --db: {exc}") from None
-        log.info("credits in %s", store.where)
-        refunded = store.refund_orphans()
-        if refunded:
-            log.warning("refunded %d reservations left open by a process that stopped mid-request", refunded)
+    config, pipeline = load_pipeline(config)
+    store = open_serving_store(config)
     app = create_app(config, pipeline, store)
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, lifespan="on",

@@ -68,3 +68,28 @@ def test_the_package_links_every_layer():
     for layer in ALLOWED:
         link = ROOT / "outpaint" / layer
         assert link.is_symlink() and link.resolve() == (ROOT / layer).resolve(), link
+
+
+# Ray Serve is an optional extra (`outpaint[ray]`): only these modules may import it, and nothing
+# imports them but the CLI's lazy `serve-ray` command and the tests.
+RAY_MODULES = {"server/ray_serve.py", "server/ray_proxy.py"}
+
+
+def _imports_ray(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "ray":
+            return True
+    return False
+
+
+def test_only_the_ray_modules_import_ray():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for layer in [*ALLOWED, "outpaint"]
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        if not path.is_symlink() and (layer != "outpaint" or path.parent == ROOT / "outpaint")
+        and str(path.relative_to(ROOT)) not in RAY_MODULES and _imports_ray(path)
+    ]
+    assert not offenders, f"only {sorted(RAY_MODULES)} may import ray (an optional extra): {offenders}"

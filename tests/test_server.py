@@ -101,9 +101,9 @@ def jpeg_size(response: requests.Response) -> tuple[int, int]:
 
 
 class Keys:
-    """Fresh keys on a server's credits file (written while the server runs: WAL allows it)."""
+    """Fresh keys on a server's credits store (written while the server runs)."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         self.store = open_store(db)
 
     def new(self, credits: int) -> tuple[int, str]:

@@ -93,6 +93,11 @@ def build_systems(config: QualityConfig) -> list[System]:
     from outpaint.engine.fast_path import EXACT
     from outpaint.engine.pipeline import OutpaintPipeline
 
+    def ours(backend: str, **options: Any) -> OutpaintPipeline:
+        # Colour match off: the engine's own images, which the "+colour-MODE" systems post-process, so
+        # every colour mode (the default "band" included) is a row of its own beside "off".
+        return OutpaintPipeline.load(config.model, backend, colour_match="off", **{"options": EXACT, **options})
+
     systems: list[System] = []
     for name in config.systems:
         if name == "infill":
@@ -100,22 +105,20 @@ def build_systems(config: QualityConfig) -> list[System]:
         elif name == "gray":
             systems.append(Fill(name, "gray"))
         elif name == "outpaint-ort-cpu":
-            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT)))
+            systems.append(Ours(name, ours("ort-cpu")))
         elif name == "outpaint-openvino-fp32":
-            systems.append(Ours(name, OutpaintPipeline.load(config.model, "openvino-fp32", options=EXACT)))
+            systems.append(Ours(name, ours("openvino-fp32")))
         elif name.startswith("outpaint-ort-cpu+colour-"):
             base = next((s for s in systems if s.name == "outpaint-ort-cpu"), None)
             if not isinstance(base, Ours):
                 raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
             systems.append(ColourMatched(name, base, name.removeprefix("outpaint-ort-cpu+colour-")))
         elif name.startswith(LARGE_PREFIX):
-            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT,
-                                                            large_canvas=large_canvas_variant(name))))
+            systems.append(Ours(name, ours("ort-cpu", large_canvas=large_canvas_variant(name))))
         elif name == RESEED:
-            systems.append(Ours(name, OutpaintPipeline.load(config.model, "ort-cpu", options=EXACT), seed_offset=1))
+            systems.append(Ours(name, ours("ort-cpu"), seed_offset=1))
         elif name.startswith("outpaint-fast"):
-            systems.append(Ours(name, OutpaintPipeline.load(config.model, fast_backend().backend,
-                                                            options=fast_options(name))))
+            systems.append(Ours(name, ours(fast_backend().backend, options=fast_options(name))))
         elif name == "diffusers-inpaint":
             systems.append(Diffusers(config.weights))
         else:
