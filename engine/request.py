@@ -73,6 +73,12 @@ def _coerce_number(name: str, value: Any, spec: FieldSpec) -> int | float:
     return value
 
 
+def field_value(name: str, value: Any, spec: FieldSpec) -> int | float:
+    """Field `name`'s value checked against `spec`; None (absent or JSON null) is its default.
+    Raises InvalidRequest naming the field and the allowed range."""
+    return spec.default if value is None else _coerce_number(name, value, spec)
+
+
 # A UTF-16 surrogate code point: JSON's "\ud800" escape decodes to one, alone, in a Python str. It
 # is not a character, cannot be encoded as UTF-8, and made the tokenizer raise (a 500).
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -155,6 +161,5 @@ class OutpaintRequest:
                 raise InvalidRequest("infill", f"must be one of {', '.join(INFILL_MODES)}; got {_shown(infill)}")
             values["infill"] = infill
         for name, spec in FIELDS.items():
-            value = fields.get(name)
-            values[name] = spec.default if value is None else _coerce_number(name, value, spec)
+            values[name] = field_value(name, fields.get(name), spec)
         return cls(**values)

@@ -32,10 +32,19 @@ ZOOM_SCALE_RANGE = (0.25, 0.9)
 MAX_ZOOM_STEPS = 64
 
 
-def fit_to_canvas(source: SourceImage, width: int, height: int) -> np.ndarray:
-    """(height, width, 3) uint8: the source scaled to cover the canvas and centre-cropped."""
+def check_opaque(source: SourceImage) -> None:
     if not source.known.all():
         raise InvalidRequest("image", "a zoom starts from an opaque image: this one has transparent pixels")
+
+
+def video_frames(steps: int, frames_per_step: int) -> int:
+    """How many frames `zoom_video` yields for `steps` zoom-outs."""
+    return steps * frames_per_step + 1
+
+
+def fit_to_canvas(source: SourceImage, width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: the source scaled to cover the canvas and centre-cropped."""
+    check_opaque(source)
     h, w = source.known.shape
     cover = max(width / w, height / h)
     box_w, box_h = width / cover, height / cover
@@ -159,6 +168,5 @@ def zoom_video(
     Frame i is at zoom level log-linear in time (a constant zoom speed): i / frames_per_step."""
     if frames_per_step < 1:
         raise InvalidRequest("frames_per_step", f"must be at least 1, got {frames_per_step}")
-    total = (len(keyframes) - 1) * frames_per_step
-    for i in range(total + 1):
+    for i in range(video_frames(len(keyframes) - 1, frames_per_step)):
         yield render_zoom(keyframes, i / frames_per_step, scale, band)

@@ -1,4 +1,4 @@
-"""Write a sequence of frames as a video: animated WebP or GIF (Pillow), or MP4 (the ffmpeg program)."""
+"""Write a sequence of frames as a video: animated WebP or GIF (engine/animation.py), or MP4 (the ffmpeg program)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from outpaint.engine.animation import encode_animation
 
 VIDEO_SUFFIXES = (".webp", ".gif", ".mp4")
 
@@ -32,16 +33,9 @@ def write_video(frames: Iterable[np.ndarray], path: Path, fps: float) -> int:
     suffix = path.suffix.lower()
     if suffix == ".mp4":
         return _write_mp4(frames, path, fps)
-    images = [Image.fromarray(frame) for frame in frames]
-    if not images:
-        raise ValueError("a video needs at least one frame")
-    duration = round(1000 / fps)
-    if suffix == ".webp":
-        images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0,
-                       quality=85, method=4)
-    else:
-        images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
-    return len(images)
+    data, count = encode_animation(frames, suffix[1:], fps)
+    path.write_bytes(data)
+    return count
 
 
 def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> int:

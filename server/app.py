@@ -1,4 +1,5 @@
-"""The HTTP routes: POST /v1/sd1.5-outpaint (api.md), health, readiness, metrics.
+"""The HTTP routes: POST /v1/sd1.5-outpaint (api.md), health, readiness, metrics; the zoom and panorama
+routes beside it are server/sequences.py, through the same `OutpaintService.serve`.
 
 One request, in order: key (401) -> balance (406) -> queue slot (503) -> content type and
 encoding (415) -> body size and arrival time (413/408) -> JSON and base64, off the event loop
@@ -16,9 +17,11 @@ import contextlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -63,6 +66,32 @@ class Call:
     idempotency: Claim | None = None  # that key with the body's fingerprint, once the body is read
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A finished response body and its route's own headers (x-seed ...), ready to be charged and sent."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a route's parsed body asks for: `outpaints` outpaints like `request`, run by `run` in an
+    admitted slot. The price (price x outpaints), the deadline (timeout x outpaints) and the cost
+    estimate (one outpaint like `request`) follow from it; `what` names it in the 406 ("one image")."""
+
+    request: OutpaintRequest
+    outpaints: int
+    what: str
+    run: Callable[[Ticket], Awaitable[Delivery]]
+
+
+# A route's own part of a request: the validated common fields and the decoded source -> its Job.
+# Raises InvalidRequest (a 400 naming the field) for what it cannot do, before anything is reserved.
+Prepare = Callable[[dict[str, Any], OutpaintRequest, SourceImage], Job]
+
+
 class ChargedImage(Response):
     """The JPEG response. `settle()` runs right before the bytes are handed to the socket: it makes
     the charge final (or refunds if the client already left: the disconnect watcher runs until
@@ -73,9 +102,10 @@ class ChargedImage(Response):
     media_type = "image/jpeg"
 
     def __init__(
-        self, content: bytes, headers: dict[str, str], settle: Callable[[], None], watcher: asyncio.Task
+        self, content: bytes, headers: dict[str, str], settle: Callable[[], None], watcher: asyncio.Task,
+        media_type: str | None = None,
     ) -> None:
-        super().__init__(content, headers=headers, media_type=self.media_type)
+        super().__init__(content, headers=headers, media_type=media_type or self.media_type)
         self._settle = settle
         self._watcher = watcher
 
@@ -120,10 +150,11 @@ class OutpaintService:
             return {}
         return {"x-remaining-credits": str(await asyncio.to_thread(self.store.balance, call.key_id))}
 
-    async def reserve(self, call: Call, request_id: str) -> None:
+    async def reserve(self, call: Call, request_id: str, job: Job) -> None:
+        """Take the whole price of `job` (price x its outpaints) at once, before any compute."""
         if self.store is None or call.key_id is None:
             return
-        price = self.config.price
+        price = self.config.price * job.outpaints
         try:
             call.reservation = await asyncio.to_thread(self.store.reserve, call.key_id, price, request_id,
                                                        claim=call.idempotency)
@@ -133,7 +164,7 @@ class OutpaintService:
             call.key_id = None  # no longer an authenticated request: no credits header
             raise ApiError(401, "unknown or revoked API key (x-api-key)") from None
         if call.reservation is None:
-            raise ApiError(406, f"not enough credits: one image costs {price}; nothing was charged")
+            raise ApiError(406, f"not enough credits: {job.what} costs {price}; nothing was charged")
 
     async def check_balance(self, call: Call) -> None:
         """406 before the body is read: the reservation later is the atomic check, this one is cheap."""
@@ -172,10 +203,17 @@ class OutpaintService:
     # -- the request -----------------------------------------------------------------------------
 
     async def outpaint(self, request: Request, api_key: str | None) -> Response:
+        return await self.serve(request, api_key, self._single)
+
+    async def serve(self, request: Request, api_key: str | None, prepare: Prepare, *, fingerprint_scope: bytes = b""
+                    ) -> Response:
+        """One request of a generating route, whose own part is `prepare`. `fingerprint_scope` is mixed
+        into the Idempotency-Key fingerprint, so a key reused with the same body on another route is
+        a 422, not a replay of the other route's answer (empty: the blocking route's fingerprints)."""
         call = Call(arrived=time.monotonic())
         request_id = request.state.request_id
         try:
-            return await self._outpaint(request, api_key, call, request_id)
+            return await self._serve(request, api_key, call, request_id, prepare, fingerprint_scope)
         except Replay as replay:
             return replay.response(await self.credit_headers(call))
         except ApiError as err:
@@ -193,11 +231,15 @@ class OutpaintService:
             message = f"internal error (request id {request_id}); nothing was charged"
             return ApiError(500, message).response(await self.credit_headers(call))
 
-    async def _outpaint(self, request: Request, api_key: str | None, call: Call, request_id: str) -> Response:
+    async def _serve(
+        self, request: Request, api_key: str | None, call: Call, request_id: str, prepare: Prepare,
+        fingerprint_scope: bytes,
+    ) -> Response:
         config = self.config
         await self.authenticate(api_key, call)
         # A 406 is final (a 503 would only invite a pointless retry), so it comes before the slot; with an
         # Idempotency-Key it waits for the replay check: a retry of a charged request may find 0 credits.
+        # (The price of one outpaint: what a zoom or a panorama costs is known once its body is read.)
         replayable = IDEMPOTENCY_HEADER in request.headers
         if not replayable:
             await self.check_balance(call)
@@ -207,53 +249,64 @@ class OutpaintService:
             raise self._unavailable(str(exc)) from None
         try:
             call.idempotency_key = await self.idempotency.precheck(  # 409, or a replay before the balance check
-                request, call.key_id, lambda: read_body(request, config.max_body_bytes, config.body_timeout_s))
+                request, call.key_id, lambda: read_body(request, config.max_body_bytes, config.body_timeout_s),
+                fingerprint_scope)
             if replayable:
                 await self.check_balance(call)
             check_content_type(request)
             body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-            call.idempotency = await self.idempotency.claim(call.idempotency_key, body)
+            call.idempotency = await self.idempotency.claim(call.idempotency_key, body, fingerprint_scope)
             fields, raw_image = await asyncio.to_thread(parse_request_body, body)
             del body
             try:
                 outpaint_request = OutpaintRequest.from_fields(fields, schedulers=self.pipeline.scheduler_names)
                 source = await asyncio.to_thread(decode_image, raw_image, max_pixels=config.max_image_pixels)
+                job = prepare(fields, outpaint_request, source)
             except InvalidRequest as exc:
                 raise _from_invalid(exc) from None
             del fields, raw_image
-            self.check_feasible(outpaint_request)
-            await self.reserve(call, request_id)
-            ticket = Ticket(deadline=call.arrived + config.timeout_s)
+            self.check_feasible(job.request)
+            await self.reserve(call, request_id, job)
+            # A chain of outpaints gets the time limit once per outpaint (its queue wait counted once).
+            limit_s = config.timeout_s * job.outpaints
+            ticket = Ticket(deadline=call.arrived + limit_s)
             watcher = asyncio.create_task(_watch_disconnect(request.receive, ticket))
             try:
-                result, jpeg = await self._generate(source, outpaint_request, ticket)
-                headers = {"x-seed": str(result.seed), **_seam_header(result.seam), **_warning_headers(result.warnings),
-                           **await self.credit_headers(call)}
-                # Stored before the charge: once charged, a retry with its key gets this image.
-                await self.idempotency.store_response(call.idempotency, request_id, headers, jpeg)
+                delivery = await self._gated(job.run(ticket), limit_s)
+                headers = {**delivery.headers, **await self.credit_headers(call)}
+                # Stored before the charge: once charged, a retry with its key gets this response.
+                await self.idempotency.store_response(call.idempotency, request_id,
+                                                      {**headers, "content-type": delivery.media_type}, delivery.body)
             except BaseException:
                 watcher.cancel()
                 raise
         finally:
             self.gate.release()
         reservation, call.reservation = call.reservation, None  # from here on settle() owns it
-        return ChargedImage(jpeg, headers, lambda: self.settle(ticket, reservation), watcher)
+        return ChargedImage(delivery.body, headers, lambda: self.settle(ticket, reservation), watcher,
+                            delivery.media_type)
 
-    async def _generate(
-        self, source: SourceImage, outpaint_request: OutpaintRequest, ticket: Ticket
-    ) -> tuple[OutpaintResult, bytes]:
-        """Run an admitted generation; its failures as the API's errors."""
-        try:
+    def _single(self, _fields: dict[str, Any], outpaint_request: OutpaintRequest, source: SourceImage) -> Job:
+        """The blocking route: one outpaint, its JPEG."""
+
+        async def run(ticket: Ticket) -> Delivery:
             started = time.perf_counter()
             result, jpeg = await self.gate.run(source, outpaint_request, ticket, self._encode)
             self.metrics.generation_seconds.observe(time.perf_counter() - started)
-            return result, jpeg
+            headers = {"x-seed": str(result.seed), **seam_header(result.seam), **warning_headers(result.warnings)}
+            return Delivery(jpeg, ChargedImage.media_type, headers)
+
+        return Job(outpaint_request, 1, "one image", run)
+
+    async def _gated(self, work: Awaitable[Delivery], limit_s: float) -> Delivery:
+        """Await admitted work in the gate; its failures as the API's errors."""
+        try:
+            return await work
         except Cancelled:
             raise Disconnected("the client disconnected during the generation") from None
         except DeadlineExceeded:
             raise self._unavailable(f"the request would not finish within the server's time limit of "
-                                    f"{self.config.timeout_s:g} s, so it was stopped early; nothing was charged"
-                                    ) from None
+                                    f"{limit_s:g} s, so it was stopped early; nothing was charged") from None
         except Aborted:
             raise ApiError(503, "the server is shutting down and stopped this generation; nothing was charged",
                            headers={"retry-after": "5"}) from None
@@ -261,22 +314,26 @@ class OutpaintService:
             raise _from_invalid(exc) from None
 
     def _encode(self, result: OutpaintResult) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(result.image).save(buffer, format="JPEG", quality=self.config.jpeg_quality)
-        return buffer.getvalue()
+        return jpeg_bytes(result.image, self.config.jpeg_quality)
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(503, message, headers={"retry-after": str(self.gate.retry_after_seconds())})
 
 
-def _seam_header(seam: float | None) -> dict[str, str]:
+def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def seam_header(seam: float | None) -> dict[str, str]:
     """`x-seam-score` (engine/seam.py): about 1 where the boundary is as smooth as the picture around
     it, well above 1 for a visible seam; absent when the image has no boundary to score. Lets a
     service retry or flag a bad result without looking at it."""
     return {} if seam is None else {"x-seam-score": f"{seam:.3f}"}
 
 
-def _warning_headers(warnings: list[str]) -> dict[str, str]:
+def warning_headers(warnings: list[str]) -> dict[str, str]:
     """`x-warnings`: what the engine changed about the request (a prompt cut to CLIP's 77 tokens),
     so a client learns it without reading our logs. Header values are latin-1: anything else is escaped."""
     if not warnings:
@@ -346,6 +403,10 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
     )
     async def outpaint(request: Request, api_key: str | None = Security(API_KEY)) -> Response:
         return await service.outpaint(request, api_key)
+
+    from .sequences import register_sequence_routes  # it builds on this module
+
+    register_sequence_routes(app, service)  # POST {ROUTE}/zoom and {ROUTE}/pan
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -54,6 +54,15 @@ def add_serve(sub) -> None:
     p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
                    help=f"decoded source image limit in pixels, 413 beyond (default {defaults.max_image_pixels})")
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
+    p.add_argument("--max-zoom-steps", type=int, default=defaults.max_zoom_steps,
+                   help=f"zoom_steps allowed on POST /v1/sd1.5-outpaint/zoom (default {defaults.max_zoom_steps})")
+    p.add_argument("--max-pan-width", type=int, default=defaults.max_pan_width,
+                   help=f"pan_width allowed on POST /v1/sd1.5-outpaint/pan (default {defaults.max_pan_width})")
+    p.add_argument("--max-pan-outpaints", type=int, default=defaults.max_pan_outpaints,
+                   help=f"outpaints one panorama may run (default {defaults.max_pan_outpaints})")
+    p.add_argument("--max-video-pixels", type=int, default=defaults.max_video_pixels,
+                   help=f"frames x width x height of one zoom video (default {defaults.max_video_pixels}: "
+                        "the frames are held in memory until encoded)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 
@@ -75,6 +84,8 @@ def _cmd_serve(args) -> int:
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
         max_connections=args.max_connections,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
+        max_zoom_steps=args.max_zoom_steps, max_pan_width=args.max_pan_width,
+        max_pan_outpaints=args.max_pan_outpaints, max_video_pixels=args.max_video_pixels,
     )
     return serve(config, log_level=args.log_level)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from outpaint.engine.canvas import DEFAULT_MAX_PIXELS
 from outpaint.engine.colour_match import COLOUR_MATCH_DEFAULT
 from outpaint.engine.large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas
+from outpaint.engine.pan import MAX_PANORAMA_WIDTH
 
 MIB = 1024 * 1024
 
@@ -40,6 +41,13 @@ class ServerConfig:
     max_body_bytes: int = 16 * MIB
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decoded source limit (width x height), from the header
     jpeg_quality: int = 95
+    # Zooms and panoramas (server/sequences.py): each is a chain of outpaints in one slot, charged per outpaint.
+    max_zoom_steps: int = 8
+    max_pan_width: int = 4096
+    max_pan_outpaints: int = 32
+    # Frames x pixels of one zoom video: Pillow holds every frame (4 bytes a pixel) until it encodes, so
+    # this bounds a zoom's memory (~400 MiB at the default: 385 frames of 512x512, or 100 of 1024x1024).
+    max_video_pixels: int = 100 * MIB
 
     def problems(self) -> list[str]:
         """What is wrong with this configuration, as messages naming the flag (empty when fine)."""
@@ -69,6 +77,14 @@ class ServerConfig:
             found.append(f"--max-image-pixels must be >= 4096, got {self.max_image_pixels}")
         if not 1 <= self.jpeg_quality <= 100:
             found.append(f"--jpeg-quality must be 1 to 100, got {self.jpeg_quality}")
+        for flag, value in (("--max-zoom-steps", self.max_zoom_steps), ("--max-pan-outpaints", self.max_pan_outpaints)):
+            if value < 1:
+                found.append(f"{flag} must be >= 1, got {value}")
+        if not 512 <= self.max_pan_width <= MAX_PANORAMA_WIDTH:
+            found.append(f"--max-pan-width must be 512 to {MAX_PANORAMA_WIDTH}, got {self.max_pan_width}")
+        if self.max_video_pixels < 256 * 256 * 2:
+            found.append(f"--max-video-pixels must be >= {256 * 256 * 2} (two frames of the smallest canvas), "
+                         f"got {self.max_video_pixels}")
         if not 0 <= self.port <= 65535:
             found.append(f"--port must be 0 to 65535, got {self.port}")
         return found

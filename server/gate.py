@@ -8,6 +8,9 @@ will pass before the remaining steps are done, or a shutdown that cannot wait st
 next step. Finished denoising is never thrown away for the deadline: after the last step the
 decode and the answer always follow.
 
+A zoom or a panorama (server/sequences.py) is a chain of outpaints, each needing the one before: it
+holds one slot and one worker for the whole chain (`run_sequence`), its steps checked like any.
+
 A request takes its slot *before* its body is read (server/app.py), so the queue bound also bounds
 how many bodies are in memory and being decoded at once.
 """
@@ -19,10 +22,12 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from outpaint.core.errors import Cancelled
 from outpaint.engine.canvas import SourceImage
@@ -31,6 +36,8 @@ from outpaint.engine.pipeline import Outpainter, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
 from .cost import StepCost
+
+R = TypeVar("R")
 
 
 class QueueFull(Exception):
@@ -136,8 +143,20 @@ class Gate:
         stop and is awaited before the cancellation propagates, so a slot is never freed while a
         generation still occupies a worker.
         """
+        return await self._in_worker(ticket, self._generate, source, request, ticket, encode)
+
+    async def run_sequence(self, work: Callable[[Outpainter, Ticket], R], outpaints: int, ticket: Ticket) -> R:
+        """Run `work(pipeline, ticket)` in a worker: a chain of exactly `outpaints` generations (a zoom,
+        a panorama) in the one slot the caller admitted, as `run` does for one. `pipeline` is this
+        gate's, with every step recorded and checked against `ticket` as `run` checks a single
+        generation's, the outpaints still to come counted in the time left; `work` checks the ticket
+        itself in any long work of its own. Running more or fewer outpaints than `outpaints` (what
+        the caller charges for) is an error, not a silent difference."""
+        return await self._in_worker(ticket, self._sequence, work, outpaints, ticket)
+
+    async def _in_worker(self, ticket: Ticket, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._generate, source, request, ticket, encode)
+        future = loop.run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -146,35 +165,57 @@ class Gate:
                 await future
             raise
 
-    def _generate(
-        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
-    ) -> tuple[OutpaintResult, Any]:
+    @contextlib.contextmanager
+    def _running(self, ticket: Ticket) -> Iterator[None]:
         ticket.check()  # it may have waited in the queue past its deadline, or its client left
         ticket.started = time.monotonic()
         with self._running_lock:
             self.running += 1
             self._tickets.add(ticket)
         try:
+            yield
+        finally:
+            with self._running_lock:
+                self.running -= 1
+                self._tickets.discard(ticket)
+
+    def _step(self, event: StepEvent, request: OutpaintRequest, ticket: Ticket, outpaints_after: int = 0) -> None:
+        """Record one denoising step and stop the work if it should: `outpaints_after` more outpaints
+        of as many steps follow this one's."""
+        self.last_step_at = time.monotonic()
+        self.on_step(event.seconds)
+        self.cost.record(request, event.seconds)
+        steps_left = event.total - event.index - 1 + outpaints_after * event.total
+        ticket.check(steps_left * event.seconds if steps_left else None)
+
+    def _generate(
+        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
+    ) -> tuple[OutpaintResult, Any]:
+        with self._running(ticket):
             generator = self.pipeline.generate(source, request)
             try:
                 for item in generator:
                     if isinstance(item, StepEvent):
-                        self.last_step_at = time.monotonic()
-                        self.on_step(item.seconds)
-                        self.cost.record(request, item.seconds)
-                        steps_left = item.total - item.index - 1
-                        ticket.check(steps_left * item.seconds if steps_left else None)
+                        self._step(item, request, ticket)
                     elif isinstance(item, OutpaintResult):
                         encoded = encode(item)
+                        assert ticket.started is not None
                         self._remember(time.monotonic() - ticket.started)
                         return item, encoded
             finally:
                 generator.close()  # stops the denoising loop where it is
             raise Cancelled("the generation ended without a result")
-        finally:
-            with self._running_lock:
-                self.running -= 1
-                self._tickets.discard(ticket)
+
+    def _sequence(self, work: Callable[[Outpainter, Ticket], R], outpaints: int, ticket: Ticket) -> R:
+        with self._running(ticket):
+            checked = _CheckedPipeline(self, ticket, outpaints)
+            result = work(checked, ticket)
+            if checked.left:
+                raise RuntimeError(f"the sequence ran {outpaints - checked.left} outpaints, "
+                                   f"{outpaints} were planned and reserved")
+            assert ticket.started is not None
+            self._remember((time.monotonic() - ticket.started) / outpaints)
+            return result
 
     def _remember(self, seconds: float) -> None:
         self._recent_seconds = seconds if not self._recent_seconds else 0.8 * self._recent_seconds + 0.2 * seconds
@@ -193,4 +234,34 @@ class Gate:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _CheckedPipeline:
+    """The gate's pipeline as a sequence's work sees it: each generation's steps go through the gate's
+    `_step`, with the outpaints still planned after it, and no more than the planned ones run."""
+
+    def __init__(self, gate: Gate, ticket: Ticket, outpaints: int) -> None:
+        self._gate = gate
+        self._ticket = ticket
+        self.left = outpaints
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        return self._gate.pipeline.scheduler_names
+
+    def generate(
+        self, source: SourceImage | bytes, request: OutpaintRequest, *, noise: np.ndarray | None = None
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
+        if self.left < 1:
+            raise RuntimeError("the sequence asked for more outpaints than were planned and reserved")
+        self.left -= 1
+        after = self.left
+        generator = self._gate.pipeline.generate(source, request, noise=noise)
+        try:
+            for item in generator:
+                if isinstance(item, StepEvent):
+                    self._gate._step(item, request, self._ticket, after)
+                yield item
+        finally:
+            generator.close()
 

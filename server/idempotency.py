@@ -65,6 +65,14 @@ class Replay(Exception):
         return Response(self.stored.body, media_type="image/jpeg", headers=headers)
 
 
+def _fingerprint(scope: bytes, body: bytes) -> bytes:
+    digest = hashlib.sha256()
+    if scope:
+        digest.update(scope + b"\0")
+    digest.update(body)
+    return digest.digest()
+
+
 class Idempotency:
     """The steps a request with an Idempotency-Key takes, in the order app.py calls them."""
 
@@ -74,7 +82,7 @@ class Idempotency:
         self.retry_after = retry_after
 
     async def precheck(
-        self, request: Request, key_id: int | None, read_body: Callable[[], Awaitable[bytes]]
+        self, request: Request, key_id: int | None, read_body: Callable[[], Awaitable[bytes]], scope: bytes = b""
     ) -> str | None:
         """Before the balance check (a retry of a charged request needs no credit left): a key
         whose request still runs is a 409 at once; one whose request was charged reads the body
@@ -88,7 +96,7 @@ class Idempotency:
         if found == "running":
             raise self.answer(InProgress(key))
         if found == "done":
-            claim = await self.claim(key, await read_body())
+            claim = await self.claim(key, await read_body(), scope)
             assert claim is not None
             try:
                 await asyncio.to_thread(self.store.check_idempotency, key_id, claim)
@@ -99,11 +107,13 @@ class Idempotency:
                                 "again to run it", headers={"retry-after": "1"})
         return key
 
-    async def claim(self, key: str | None, body: bytes) -> Claim | None:
-        """The key with the body's fingerprint (hashed off the event loop: a body is up to 16 MiB)."""
+    async def claim(self, key: str | None, body: bytes, scope: bytes = b"") -> Claim | None:
+        """The key with the body's fingerprint (hashed off the event loop: a body is up to 16 MiB).
+        `scope` (a route's name; empty for the blocking route) is hashed first, so the same body sent
+        to another route does not match."""
         if key is None:
             return None
-        return Claim(key, await asyncio.to_thread(lambda: hashlib.sha256(body).digest()))
+        return Claim(key, await asyncio.to_thread(_fingerprint, scope, body))
 
     def answer(self, outcome: IdempotencyOutcome) -> ApiError | Replay:
         if isinstance(outcome, AlreadyDone):

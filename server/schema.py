@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from outpaint.engine.request import FIELDS
+from outpaint.engine.request import FIELDS, FieldSpec
 
 _DESCRIPTIONS = {
     "num_inference_steps": "denoising steps",
@@ -40,17 +40,23 @@ def request_schema(schedulers: tuple[str, ...]) -> dict[str, Any]:
                       "description": "the scheduler; other names of the hosted API are a 400 listing these"},
     }
     for name, spec in FIELDS.items():
-        prop: dict[str, Any] = {
-            "type": "integer" if spec.kind is int else "number",
-            "default": spec.default,
-            "minimum": min((spec.low, *spec.allowed_extra)),
-            "maximum": spec.high,
-            "description": f"{_DESCRIPTIONS.get(name, name)}; {spec.describe()}",
-        }
-        if spec.multiple_of:
-            prop["multipleOf"] = spec.multiple_of
-        properties[name] = prop
+        properties[name] = number_property(spec, _DESCRIPTIONS.get(name, name))
     return {"type": "object", "required": ["image", "prompt"], "properties": properties}
+
+
+def number_property(spec: FieldSpec, description: str, *, default: bool = True) -> dict[str, Any]:
+    """The OpenAPI property of a numeric field, its range from the spec that enforces it."""
+    prop: dict[str, Any] = {
+        "type": "integer" if spec.kind is int else "number",
+        "minimum": min((spec.low, *spec.allowed_extra)),
+        "maximum": spec.high,
+        "description": f"{description}; {spec.describe()}",
+    }
+    if default:
+        prop["default"] = spec.default
+    if spec.multiple_of:
+        prop["multipleOf"] = spec.multiple_of
+    return prop
 
 
 def error_response(description: str, *, headers: tuple[str, ...] = ()) -> dict[str, Any]:

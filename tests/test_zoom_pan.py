@@ -9,7 +9,7 @@ from PIL import Image
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine import canvas as cv
-from outpaint.engine.pan import panorama
+from outpaint.engine.pan import panorama, plan_panorama
 from outpaint.engine.zoom import render_zoom, zoom_keyframes, zoom_video
 
 from .conftest import make_png, make_request
@@ -81,6 +81,10 @@ def test_a_panorama_is_the_requested_width_with_the_source_kept_in_its_middle(ti
     np.testing.assert_array_equal(image[:, start + BAND:stop - BAND], source.rgb[:, BAND:-BAND])
     assert len(results) >= 4 and sorted(set(events)) == list(range(len(results)))
     assert [r.seed for r in results] == list(range(3, 3 + len(results)))
+    # The plan made from the sizes alone (what the HTTP service charges) lists exactly the outpaints run.
+    plan = plan_panorama(128, 256, 600)
+    assert [w.canvas_width for w in plan.windows] == [r.image.shape[1] for r in results]
+    assert plan.source_columns == (start, stop)
 
 
 def test_a_panorama_refuses_a_width_it_cannot_reach_by_extending(tiny_pipeline):
@@ -89,3 +93,16 @@ def test_a_panorama_refuses_a_width_it_cannot_reach_by_extending(tiny_pipeline):
         panorama(tiny_pipeline, _source(256, 128), request, width=200)
     with pytest.raises(InvalidRequest, match="chunk"):
         panorama(tiny_pipeline, _source(64, 128), request, width=600, chunk=250)
+    with pytest.raises(InvalidRequest, match="width"):
+        plan_panorama(256, 256, 256)
+
+
+def test_a_panorama_plan_adds_exactly_the_columns_asked_for():
+    for source, window, width, chunk in [(128, 256, 600, None), (40, 256, 1000, 64), (300, 512, 4096, 200),
+                                         (1000, 1024, 1001, None)]:
+        plan = plan_panorama(source, window, width, chunk)
+        assert all(w.canvas_width <= window and w.canvas_width % 64 == 0 for w in plan.windows)
+        grown = source + sum(w.new for w in plan.windows)
+        start, stop = plan.source_columns
+        assert stop - start == source and start >= 0 and stop <= width
+        assert plan.crop_left + width <= grown
