@@ -64,9 +64,16 @@ class Run:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     faults: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    errors_at: list[float] = field(default_factory=list)  # seconds into the run of every 5xx answer
+
+    def at(self) -> float:
+        return time.perf_counter() - self.started
 
     def record(self, status: int | str, headers: dict[str, str], body: bytes) -> None:
         self.outcomes[status] += 1
+        if isinstance(status, int) and status >= 500:
+            self.errors_at.append(self.at())
         if status == 200:
             self.ok_ids.add(headers.get("x-request-id", "?"))
             return
@@ -166,13 +173,13 @@ def restart_postgres(cluster: PostgresCluster, *, mode: str = "fast", after_s: f
         rows = _wait_for_reservations(store, key_id, run)
         if not rows:
             return
-        stopped = time.monotonic()
+        stopped = run.at()
         cluster.stop_server(mode)
         time.sleep(outage_s)
         cluster.start_server()
-        down = time.monotonic() - stopped
         how = "restarted (pg_ctl stop -m fast)" if mode == "fast" else "crashed (pg_ctl stop -m immediate)"
-        run.faults.append(f"PostgreSQL {how} with {len(rows)} reservations open, down {down:.1f} s")
+        run.faults.append(f"PostgreSQL {how} with {len(rows)} reservations open, down from {stopped:.1f} s "
+                          f"to {run.at():.1f} s")
 
     return fault
 
@@ -195,7 +202,7 @@ def phase(server: ServerProcess, db: Path | str, name: str, *, clients: int, per
                 run.problems.append(f"a client got no answer: {exc}")
             run.record(status, headers, payload)
 
-    started = time.perf_counter()
+    started = run.started = time.perf_counter()
     threads = [threading.Thread(target=fault, args=(store, key_id, run), daemon=True) for fault in faults]
     for thread in threads:
         thread.start()
@@ -203,7 +210,9 @@ def phase(server: ServerProcess, db: Path | str, name: str, *, clients: int, per
         list(pool.map(client, range(clients)))
     run.seconds = time.perf_counter() - started
     for thread in threads:
-        thread.join(60)
+        thread.join(120)
+    if run.errors_at:
+        run.faults.append("5xx answered at " + ", ".join(f"{s:.1f}" for s in sorted(run.errors_at)) + " s")
     # The audit, once the sweeps had time to refund what a killed replica held (at once for a dead
     # process on this host, every sweep interval: at most 10 s).
     deadline = time.monotonic() + settle_s

@@ -71,9 +71,9 @@ MIGRATION_LOCK, IDEMPOTENCY_LOCK = 1, 2
 DEFAULT_POOL_SIZE = 10
 IDLE_IN_TRANSACTION_S = 10
 # The pool retries a failed connection after 1, 2, 4, 8 ... s: after a 40 s outage of the database
-# its next try would come some 20 s after the server is back, and every request in between would
-# wait out busy_timeout_s and fail (measured: benchmarks/serve_faults.py). Capped, a replica is
-# back within this long of its database.
+# its next try would come some 20 s after the server is back (4.7 s after a 9 s outage, measured),
+# and every request in between would wait out busy_timeout_s and fail. Capped, a replica is back
+# within about this long of its database (tests/test_credits_postgres.py, the outage test).
 MAX_RECONNECT_DELAY_S = 2.0
 
 
