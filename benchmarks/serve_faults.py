@@ -1,14 +1,16 @@
 """`outpaint serve-ray` under load and faults, on loopback: throughput with 1 and 2 replicas on the same
-machine, then 2 replicas with a replica SIGKILLed mid-request and clients that disconnect mid-request.
-Every request's outcome is counted and the credits ledger audited afterwards.
+machine sharing one SQLite file, then 2 replicas with a replica SIGKILLed mid-request and clients
+that disconnect mid-request; then 2 replicas sharing one PostgreSQL (a throwaway cluster the
+benchmark starts, server/pg_cluster.py): load, PostgreSQL restarted mid-run (`pg_ctl stop -m fast`,
+an outage, start), PostgreSQL crashed mid-run (`-m immediate`), a replica SIGKILLed with clients
+leaving. Every request's outcome is counted and the credits ledger audited afterwards.
 
-    python -m outpaint.benchmarks.serve_faults --model models/tiny
+    python -m outpaint.benchmarks.serve_faults --model models/tiny --cpus 2 [--db-kind both]
 
 The audit: balance == start - charged (no lost or double debit), the charged request ids are exactly
 the ids of the 200s the clients received (no charge without an image sent), no reservation left open
 once the sweeps ran, every request answered with 200, 406, 503 + Retry-After, or a JSON 500 whose
-credit came back. The PostgreSQL restart of issue 14 plugs in at `FAULTS` once the store lands
-(a fault is a function of the running run).
+credit came back. A fault is a function that runs beside the clients of one phase.
 
 The result replaces this benchmark's own section of benchmarks/RESULTS.md and is printed as JSON.
 """
@@ -31,14 +33,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from outpaint.server.pg_cluster import PostgresCluster, start_cluster
 from outpaint.server.process import ServerProcess, start_server
-from outpaint.server.store import CreditStore, open_store
+from outpaint.server.store import CreditStore, is_postgres, open_store
 
 from .server_bench import RESULTS, ROUTE, _ensure_model, _source_png
 
 Fault = Callable[["CreditStore", int, "Run"], None]  # runs beside the clients of one phase
 BEGIN = "<!-- serve_faults:begin -->"
 END = "<!-- serve_faults:end -->"
+# Longer than a replica's store waits for a connection (credits_postgres: busy_timeout_s, 30 s): the
+# requests of the outage cannot just wait it out.
+LONG_OUTAGE_S = 40.0
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,16 @@ class Run:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     faults: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    errors_at: list[float] = field(default_factory=list)  # seconds into the run of every 5xx answer
+
+    def at(self) -> float:
+        return time.perf_counter() - self.started
 
     def record(self, status: int | str, headers: dict[str, str], body: bytes) -> None:
         self.outcomes[status] += 1
+        if isinstance(status, int) and status >= 500:
+            self.errors_at.append(self.at())
         if status == 200:
             self.ok_ids.add(headers.get("x-request-id", "?"))
             return
@@ -104,9 +117,19 @@ def _request(url: str, key: str, body: bytes, *, leave_after_s: float | None = N
     return int(lines[0].split()[1]), headers, payload
 
 
-def _charged_ids(db: Path, key_id: int) -> set[str]:
-    with sqlite3.connect(db) as conn:
+def _charged_ids(db: Path | str, key_id: int) -> set[str]:
+    """The ledger's charges of one key, read with SQL on a connection of our own (not the store's)."""
+    if is_postgres(db):
+        import psycopg
+
+        with psycopg.connect(str(db), autocommit=True) as pg:
+            rows = pg.execute("SELECT request_id FROM charges WHERE key_id = %s", (key_id,)).fetchall()
+        return {row[0] for row in rows}
+    conn = sqlite3.connect(db)
+    try:
         return {row[0] for row in conn.execute("SELECT request_id FROM charges WHERE key_id = ?", (key_id,))}
+    finally:
+        conn.close()
 
 
 def kill_a_replica(store: CreditStore, key_id: int, run: Run, after_s: float = 2.0) -> None:
@@ -128,7 +151,40 @@ def kill_a_replica(store: CreditStore, key_id: int, run: Run, after_s: float = 2
     run.problems.append("no reservation to kill a replica under")
 
 
-def phase(server: ServerProcess, db: Path, name: str, *, clients: int, per_client: int, steps: int,
+def _wait_for_reservations(store: CreditStore, key_id: int, run: Run, timeout_s: float = 30.0
+                           ) -> list[tuple[str, int, int, str]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = [row for row in store.open_reservations() if row[1] == key_id]
+        if rows:
+            return rows
+        time.sleep(0.05)
+    run.problems.append("no reservation open to put the fault under")
+    return []
+
+
+def restart_postgres(cluster: PostgresCluster, *, mode: str = "fast", after_s: float = 3.0, outage_s: float = 3.0
+                     ) -> Fault:
+    """Stop PostgreSQL `after_s` into the run while reservations are open (requests in flight), keep it
+    down `outage_s`, start it again. "fast": an operator's restart; "immediate": a crash."""
+
+    def fault(store: CreditStore, key_id: int, run: Run) -> None:
+        time.sleep(after_s)
+        rows = _wait_for_reservations(store, key_id, run)
+        if not rows:
+            return
+        stopped = run.at()
+        cluster.stop_server(mode)
+        time.sleep(outage_s)
+        cluster.start_server()
+        how = "restarted (pg_ctl stop -m fast)" if mode == "fast" else "crashed (pg_ctl stop -m immediate)"
+        run.faults.append(f"PostgreSQL {how} with {len(rows)} reservations open, down from {stopped:.1f} s "
+                          f"to {run.at():.1f} s")
+
+    return fault
+
+
+def phase(server: ServerProcess, db: Path | str, name: str, *, clients: int, per_client: int, steps: int,
           credits: int, source_b64: str, faults: tuple[Fault, ...] = (),
           leavers: int = 0, settle_s: float = 40.0) -> tuple[Run, dict]:
     store = open_store(db)
@@ -146,7 +202,7 @@ def phase(server: ServerProcess, db: Path, name: str, *, clients: int, per_clien
                 run.problems.append(f"a client got no answer: {exc}")
             run.record(status, headers, payload)
 
-    started = time.perf_counter()
+    started = run.started = time.perf_counter()
     threads = [threading.Thread(target=fault, args=(store, key_id, run), daemon=True) for fault in faults]
     for thread in threads:
         thread.start()
@@ -154,7 +210,9 @@ def phase(server: ServerProcess, db: Path, name: str, *, clients: int, per_clien
         list(pool.map(client, range(clients)))
     run.seconds = time.perf_counter() - started
     for thread in threads:
-        thread.join(60)
+        thread.join(120)
+    if run.errors_at:
+        run.faults.append("5xx answered at " + ", ".join(f"{s:.1f}" for s in sorted(run.errors_at)) + " s")
     # The audit, once the sweeps had time to refund what a killed replica held (at once for a dead
     # process on this host, every sweep interval: at most 10 s).
     deadline = time.monotonic() + settle_s
@@ -180,7 +238,7 @@ def phase(server: ServerProcess, db: Path, name: str, *, clients: int, per_clien
     return run, audit
 
 
-def start(model: Path, db: Path, log: Path, replicas: int, cpus: int) -> ServerProcess:
+def start(model: Path, db: Path | str, log: Path, replicas: int, cpus: int) -> ServerProcess:
     return start_server(model, db=db, log_path=log, subcommand="serve-ray", ready_line="on Ray Serve",
                         ready_timeout_s=240,
                         args=["--replicas", str(replicas), "--num-cpus", str(cpus),
@@ -193,28 +251,32 @@ def render(result: dict, command: str) -> str:
     for run in result["runs"]:
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(run["outcomes"].items(), key=lambda kv: str(kv[0])))
         audit = run["audit"]
-        rows.append(f"| {run['name']} | {run['requests']} | {outcomes} | {run['seconds']:.1f} | "
+        rows.append(f"| {run['name']} | {run['db']} | {run['requests']} | {outcomes} | {run['seconds']:.1f} | "
                     f"{run['images_per_s']:.2f} | {audit['start']} -> {audit['balance']} ({audit['charged']} charged, "
                     f"{audit['images_received']} images) | {'; '.join(run['faults']) or '-'} | "
                     f"{'exact' if not run['problems'] else '; '.join(run['problems'])} |")
+    ratio = result.get("ratio_2_vs_1")
     return "\n".join([
         BEGIN,
-        "## `outpaint serve-ray`: 1 vs 2 replicas, faults, the ledger audited",
+        "## `outpaint serve-ray`: 1 vs 2 replicas, faults, SQLite and PostgreSQL, the ledger audited",
         "",
         f"Reproduce: `{command}`",
         "",
-        f"Machine: {result['machine']}. Model: the tiny random model, 256x256, {result['steps']} steps, "
-        "one SQLite credits file (WAL) shared by the replicas, Ray local on loopback.",
+        f"Machine: {result['machine']}, shared with other sessions' work while it ran (absolute figures are "
+        f"noisy; the ratio and the audit are what count). Model: the tiny random model, 256x256, "
+        f"{result['steps']} steps, {result['clients']} clients. Credits: one SQLite file (WAL) or one PostgreSQL "
+        f"{result.get('postgres') or ''} (a throwaway cluster on loopback, fsync off) shared by the replicas; "
+        "Ray local on loopback.",
         "",
-        "| run | requests | outcomes | s | images/s | ledger (start -> balance) | faults | audit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | credits | requests | outcomes | s | images/s | ledger (start -> balance) | faults | audit |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Throughput, 2 replicas / 1 replica (same machine, same cores in all): "
-        f"**{result['ratio_2_vs_1']:.2f}x**.",
-        "",
+        *([f"Throughput, 2 replicas / 1 replica (SQLite, same machine, same cores in all): **{ratio:.2f}x**.", ""]
+          if ratio is not None else []),
         "Audit: balance = start - charged; the charged request ids are exactly those of the 200s the clients "
-        "received; no reservation left open after the sweeps.",
+        "received (no charge without an image, no image without its charge); no reservation left open after "
+        "the sweeps; every answer a 200, 406, 503 with Retry-After or a JSON 500 (its credit back).",
         END,
     ])
 
@@ -231,6 +293,21 @@ def write_section(section: str, path: Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def _phases(kind: str, replicas: int, cluster: PostgresCluster | None) -> list[Phase]:
+    plural = "s" if replicas > 1 else ""
+    phases = [Phase(f"{replicas} replica{plural}, load")]
+    if replicas == 1:
+        return phases
+    if cluster is not None:
+        phases += [Phase("2 replicas, PostgreSQL restarted mid-run", faults=(restart_postgres(cluster),)),
+                   Phase("2 replicas, PostgreSQL crashed mid-run",
+                         faults=(restart_postgres(cluster, mode="immediate"),)),
+                   Phase(f"2 replicas, PostgreSQL down {LONG_OUTAGE_S:g} s mid-run (past the pool's wait)",
+                         faults=(restart_postgres(cluster, outage_s=LONG_OUTAGE_S),))]
+    return [*phases, Phase("2 replicas, a replica SIGKILLed mid-request, 2 clients leave",
+                           faults=(kill_a_replica,), leavers=2)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/tiny"))
@@ -238,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4, help="per client, per phase")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="Ray's CPUs: split over the replicas")
+    parser.add_argument("--db-kind", choices=("sqlite", "postgresql", "both"), default="both",
+                        help="the credits database the replicas share: SQLite runs 1 and 2 replicas and a "
+                             "replica killed; PostgreSQL (a throwaway cluster started here) runs 2 replicas, "
+                             "a restart and a crash of PostgreSQL, and a replica killed")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     import base64
@@ -245,35 +326,43 @@ def main(argv: list[str] | None = None) -> int:
 
     model = _ensure_model(args.model)
     source_b64 = base64.b64encode(_source_png()).decode()
-    runs = []
+    runs: list[dict] = []
+    postgres_version = None
+    setups = ([("sqlite", 1), ("sqlite", 2)] if args.db_kind in ("sqlite", "both") else []) + (
+        [("postgresql", 2)] if args.db_kind in ("postgresql", "both") else [])
     with tempfile.TemporaryDirectory(prefix="serve-faults-") as tmp:
         work = Path(tmp)
-        for replicas in (1, 2):
-            db = work / f"credits-{replicas}.db"
-            open_store(db).close()
-            server = start(model, db, work / f"serve-{replicas}.log", replicas, args.cpus)
+        for kind, replicas in setups:
+            cluster = start_cluster() if kind == "postgresql" else None
             try:
-                phases = [Phase(f"{replicas} replica{'s' if replicas > 1 else ''}, load")]
-                if replicas == 2:
-                    phases.append(Phase("2 replicas, a replica SIGKILLed mid-request, 2 clients leave",
-                                        faults=(kill_a_replica,), leavers=2))
-                for spec in phases:
-                    n = args.clients * args.requests
-                    run, audit = phase(server, db, spec.name, clients=args.clients, per_client=args.requests,
-                                       steps=args.steps, credits=n + 5, source_b64=source_b64,
-                                       faults=spec.faults, leavers=spec.leavers)
-                    runs.append({"name": run.name, "requests": n, "outcomes": dict(run.outcomes),
-                                 "seconds": run.seconds, "images_per_s": run.outcomes[200] / run.seconds,
-                                 "audit": audit, "faults": run.faults, "problems": run.problems})
-                    print(json.dumps(runs[-1]), file=sys.stderr)
+                db: Path | str = work / f"credits-{replicas}.db" if cluster is None else cluster.create_database()
+                open_store(db).close()
+                if cluster is not None:
+                    postgres_version = cluster.bindir.parent.name
+                server = start(model, db, work / f"serve-{kind}-{replicas}.log", replicas, args.cpus)
+                try:
+                    for spec in _phases(kind, replicas, cluster):
+                        n = args.clients * args.requests
+                        run, audit = phase(server, db, spec.name, clients=args.clients, per_client=args.requests,
+                                           steps=args.steps, credits=n + 5, source_b64=source_b64,
+                                           faults=spec.faults, leavers=spec.leavers)
+                        runs.append({"name": run.name, "db": kind, "requests": n, "outcomes": dict(run.outcomes),
+                                     "seconds": run.seconds, "images_per_s": run.outcomes[200] / run.seconds,
+                                     "audit": audit, "faults": run.faults, "problems": run.problems})
+                        print(json.dumps(runs[-1]), file=sys.stderr)
+                finally:
+                    code = server.stop(timeout_s=180)
+                    if code != 0:
+                        print(server.log()[-3000:], file=sys.stderr)
             finally:
-                code = server.stop(timeout_s=180)
-                if code != 0:
-                    print(server.log()[-3000:], file=sys.stderr)
+                if cluster is not None:
+                    cluster.stop()
+    by_name = {(run["db"], run["name"]): run for run in runs}
+    one, two = by_name.get(("sqlite", "1 replica, load")), by_name.get(("sqlite", "2 replicas, load"))
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "steps": args.steps, "runs": runs,
-        "ratio_2_vs_1": runs[1]["images_per_s"] / runs[0]["images_per_s"] if runs[0]["images_per_s"] else float("nan"),
+        "steps": args.steps, "clients": args.clients, "postgres": postgres_version, "runs": runs,
+        "ratio_2_vs_1": two["images_per_s"] / one["images_per_s"] if one and two and one["images_per_s"] else None,
     }
     print(json.dumps(result, indent=2))
     if not args.no_write:

@@ -27,6 +27,7 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from . import idempotency_store as idem
 from .credits import CreditError, LeasedCreditStore
@@ -69,6 +70,11 @@ LOCKS = 0x6F757470
 MIGRATION_LOCK, IDEMPOTENCY_LOCK = 1, 2
 DEFAULT_POOL_SIZE = 10
 IDLE_IN_TRANSACTION_S = 10
+# The pool retries a failed connection after 1, 2, 4, 8 ... s: after a 40 s outage of the database
+# its next try would come some 20 s after the server is back (4.7 s after a 9 s outage, measured),
+# and every request in between would wait out busy_timeout_s and fail. Capped, a replica is back
+# within about this long of its database (tests/test_credits_postgres.py, the outage test).
+MAX_RECONNECT_DELAY_S = 2.0
 
 
 def redact(url: str) -> str:
@@ -111,6 +117,19 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
 
 
+class _CappedBackoff(AttemptWithBackoff):
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, MAX_RECONNECT_DELAY_S)
+
+
+class _Pool(ConnectionPool):
+    """psycopg's pool with the wait between reconnection attempts capped (MAX_RECONNECT_DELAY_S)."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing)
+
+
 class PostgresCreditStore(LeasedCreditStore):
     """Thread-safe: each call borrows a connection from the pool for its transaction."""
 
@@ -130,9 +149,9 @@ class PostgresCreditStore(LeasedCreditStore):
             raise CreditError(f"cannot open the credits database {self.where}: "
                               f"{str(exc).strip() or type(exc).__name__}") from None
         # check: a connection broken by a database restart is replaced on checkout, not handed out.
-        self._pool = ConnectionPool(
+        self._pool = _Pool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, timeout=busy_timeout_s,
-            check=ConnectionPool.check_connection, configure=_configure, name="outpaint-credits", open=False,
+            check=_Pool.check_connection, configure=_configure, name="outpaint-credits", open=False,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
 

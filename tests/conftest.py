@@ -113,9 +113,9 @@ def png_256() -> bytes:
 
 @pytest.fixture(scope="session")
 def postgres_cluster():
-    """A throwaway PostgreSQL server for the session (tests/postgres_server.py). Missing binaries
+    """A throwaway PostgreSQL server for the session (server/pg_cluster.py). Missing binaries
     fail the tests that need it, unless OUTPAINT_SKIP_POSTGRES=1 asks to skip them."""
-    from .postgres_server import PostgresMissing, start_cluster
+    from outpaint.server.pg_cluster import PostgresMissing, start_cluster
 
     if os.environ.get("OUTPAINT_SKIP_POSTGRES") == "1":
         pytest.skip("OUTPAINT_SKIP_POSTGRES=1")

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from outpaint.server.pg_cluster import PostgresCluster
 from outpaint.server.store import CreditStore, open_store
-
-from .postgres_server import PostgresCluster
 
 NAMES = ("sqlite", "postgres")
 

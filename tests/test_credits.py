@@ -1,4 +1,4 @@
-"""The credits store on a real SQLite file and on a real PostgreSQL server (tests/postgres_server.py):
+"""The credits store on a real SQLite file and on a real PostgreSQL server (server/pg_cluster.py):
 hashing, atomic debits under threads and processes, crash reconciliation, leases, the schema
 migrations, and the Idempotency-Key storage. Every test taking `backend` or `store` runs on both."""
 

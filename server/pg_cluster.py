@@ -1,5 +1,7 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb into a temporary folder, a free loopback
-port, a socket folder of its own, trust authentication on loopback, stopped and deleted afterwards.
+"""A throwaway PostgreSQL cluster on loopback, for the tests and the benchmarks (serve_faults): initdb
+into a temporary folder, a free loopback port, a socket folder of its own, trust authentication on
+loopback, stopped and deleted afterwards. Not for production: fsync is off and anyone on the host
+may connect as the superuser.
 
 PostgreSQL refuses to run as root (and CI runs as root): then the server runs as the Debian
 `postgres` user, or as `outpaint-pg`, a system user created here when neither exists. The
@@ -18,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from outpaint.server.process import free_port
+from .process import free_port
 
 SUPERUSER = "outpaint"
 SERVICE_USER = "outpaint-pg"
@@ -92,13 +94,27 @@ class PostgresCluster:
             raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{log}")
 
     def start(self) -> None:
+        """initdb, then run the server."""
         self._check(self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                               "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"), "initdb")
-        # fsync off: a test cluster is thrown away; it changes no locking or transaction semantics.
+        self.start_server()
+
+    def start_server(self) -> None:
+        """Run the server on the existing data folder (after `initdb`, or after `stop_server`)."""
+        # fsync off: a throwaway cluster; it changes no locking or transaction semantics.
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
         self._check(self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
                               "-l", str(self.log_path), "-w", "-t", "60", "start", timeout=90), "pg_ctl start")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data. `mode`: "fast" (an operator's restart: open transactions
+        rolled back, every connection closed, committed work flushed) or "immediate" (a crash: the
+        next start recovers from the WAL, which may lose a commit made with synchronous_commit off)."""
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"mode must be 'fast' or 'immediate', got {mode!r}")
+        self._check(self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60",
+                              "stop", timeout=90), "pg_ctl stop")
 
     def create_database(self) -> str:
         """A new empty database; its URL."""
@@ -141,4 +157,4 @@ def start_cluster() -> PostgresCluster:
             if user is not None:
                 os.chown(folder, user.pw_uid, user.pw_gid)
     shutil.rmtree(folder, ignore_errors=True)
-    raise RuntimeError(f"could not start a test PostgreSQL: {last}")
+    raise RuntimeError(f"could not start a throwaway PostgreSQL: {last}")
