@@ -1,5 +1,5 @@
 """`outpaint serve-ray`: the API on a real local Ray cluster (loopback, 2 CPUs), two replicas of the
-tiny model sharing one PostgreSQL credits database (a real server, tests/postgres_server.py), spoken
+tiny model sharing one PostgreSQL credits database (a real server, server/pg_cluster.py), spoken
 to over HTTP like `outpaint serve` (test_server.py): the deployment of many machines, on one.
 
 One cluster for the module (starting Ray and two replicas takes about 20 s on 2 cores); the plain
