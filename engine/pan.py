@@ -13,6 +13,7 @@ charges the number of outpaints it lists before any runs, and `panorama` runs ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +26,7 @@ from outpaint.core.geometry import CANVAS_MULTIPLE
 
 from .canvas import SourceImage
 from .loop import StepEvent
-from .pipeline import Outpainter, OutpaintResult, draw_seed
+from .pipeline import Outpainter, OutpaintResult, draw_seed, run_to_result
 from .request import SEED_MAX, OutpaintRequest
 
 MAX_PANORAMA_WIDTH = 16384
@@ -133,15 +134,8 @@ def panorama(
             template, img_width=step.canvas_width, scale=1.0, offset_y=0,
             offset_x=0 if step.side == "right" else new, seed=(first_seed + k) % (SEED_MAX + 1),
         )
-        result = None
-        for item in pipeline.generate(SourceImage(rgb=np.ascontiguousarray(edge), known=np.ones(edge.shape[:2], bool)),
-                                      request):
-            if isinstance(item, StepEvent):
-                if on_step is not None:
-                    on_step(k, item)
-            else:
-                result = item
-        assert result is not None, "a generation ends with its result"
+        window = SourceImage(rgb=np.ascontiguousarray(edge), known=np.ones(edge.shape[:2], bool))
+        result = run_to_result(pipeline, window, request, None if on_step is None else functools.partial(on_step, k))
         if step.side == "right":
             image = np.concatenate([image[:, :image.shape[1] - context], result.image], axis=1)
         else:

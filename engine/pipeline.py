@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -413,6 +413,22 @@ class OutpaintPipeline:
             if isinstance(item, OutpaintResult):
                 return item
         raise Cancelled("the generation ended without a result")
+
+
+def run_to_result(
+    pipeline: Outpainter,
+    source: cv.SourceImage | bytes,
+    request: OutpaintRequest,
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> OutpaintResult:
+    """Run one request to its result, telling `on_step` of every step (the chains of zoom and pan)."""
+    for item in pipeline.generate(source, request):
+        if not isinstance(item, OutpaintResult):
+            if on_step is not None:
+                on_step(item)
+        else:
+            return item
+    raise Cancelled("the generation ended without a result")
 
 
 def _check_canvas_size(request: OutpaintRequest) -> None:

@@ -15,6 +15,7 @@ keyframe with the earlier ones inside it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -25,7 +26,7 @@ from outpaint.core.errors import InvalidRequest
 
 from .canvas import SourceImage, scaled_size
 from .loop import StepEvent
-from .pipeline import Outpainter, OutpaintResult, draw_seed
+from .pipeline import Outpainter, OutpaintResult, draw_seed, run_to_result
 from .request import SEED_MAX, OutpaintRequest
 
 ZOOM_SCALE_RANGE = (0.25, 0.9)
@@ -87,14 +88,7 @@ def zoom_keyframes(
     for k in range(steps):
         request = zoom_request(dataclasses.replace(template, seed=(first_seed + k) % (SEED_MAX + 1)), scale)
         previous = SourceImage(rgb=frames[-1], known=np.ones(frames[-1].shape[:2], bool))
-        result = None
-        for item in pipeline.generate(previous, request):
-            if isinstance(item, StepEvent):
-                if on_step is not None:
-                    on_step(k, item)
-            else:
-                result = item
-        assert result is not None, "a generation ends with its result"
+        result = run_to_result(pipeline, previous, request, None if on_step is None else functools.partial(on_step, k))
         frames.append(result.image)
         results.append(result)
     return frames, results
