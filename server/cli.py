@@ -54,15 +54,7 @@ def add_serve(sub) -> None:
     p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
                    help=f"decoded source image limit in pixels, 413 beyond (default {defaults.max_image_pixels})")
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
-    p.add_argument("--max-zoom-steps", type=int, default=defaults.max_zoom_steps,
-                   help=f"zoom_steps allowed on POST /v1/sd1.5-outpaint/zoom (default {defaults.max_zoom_steps})")
-    p.add_argument("--max-pan-width", type=int, default=defaults.max_pan_width,
-                   help=f"pan_width allowed on POST /v1/sd1.5-outpaint/pan (default {defaults.max_pan_width})")
-    p.add_argument("--max-pan-outpaints", type=int, default=defaults.max_pan_outpaints,
-                   help=f"outpaints one panorama may run (default {defaults.max_pan_outpaints})")
-    p.add_argument("--max-video-pixels", type=int, default=defaults.max_video_pixels,
-                   help=f"frames x width x height of one zoom video (default {defaults.max_video_pixels}: "
-                        "the frames are held in memory until encoded)")
+    _add_sequence_limits(p, defaults)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 
@@ -84,8 +76,7 @@ def _cmd_serve(args) -> int:
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
         max_connections=args.max_connections,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
-        max_zoom_steps=args.max_zoom_steps, max_pan_width=args.max_pan_width,
-        max_pan_outpaints=args.max_pan_outpaints, max_video_pixels=args.max_video_pixels,
+        **_sequence_limits(args),
     )
     return serve(config, log_level=args.log_level)
 
@@ -133,6 +124,7 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
                    help=f"decoded source image limit in pixels, 413 beyond (default {defaults.max_image_pixels})")
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="(default 95)")
+    _add_sequence_limits(p, defaults)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve_ray)
 
@@ -160,7 +152,7 @@ def _cmd_serve_ray(args) -> int:
         large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match,
         no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
         timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s, max_body_bytes=args.max_body_bytes,
-        max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality,
+        max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality, **_sequence_limits(args),
     )
     options = RayOptions(
         replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
@@ -168,6 +160,24 @@ def _cmd_serve_ray(args) -> int:
         max_queued_requests=args.max_queued_requests,
     )
     return serve_ray(config, options, address=args.address, num_cpus=args.num_cpus)
+
+
+def _add_sequence_limits(p, defaults: ServerConfig) -> None:
+    """The zoom and pan routes' limits (server/sequences.py), the same on `serve` and `serve-ray`."""
+    p.add_argument("--max-zoom-steps", type=int, default=defaults.max_zoom_steps,
+                   help=f"zoom_steps allowed on POST /v1/sd1.5-outpaint/zoom (default {defaults.max_zoom_steps})")
+    p.add_argument("--max-pan-width", type=int, default=defaults.max_pan_width,
+                   help=f"pan_width allowed on POST /v1/sd1.5-outpaint/pan (default {defaults.max_pan_width})")
+    p.add_argument("--max-pan-outpaints", type=int, default=defaults.max_pan_outpaints,
+                   help=f"outpaints one panorama may run (default {defaults.max_pan_outpaints})")
+    p.add_argument("--max-video-pixels", type=int, default=defaults.max_video_pixels,
+                   help=f"frames x width x height of one zoom video (default {defaults.max_video_pixels}: "
+                        "the frames are held in memory until encoded)")
+
+
+def _sequence_limits(args) -> dict[str, int]:
+    return {"max_zoom_steps": args.max_zoom_steps, "max_pan_width": args.max_pan_width,
+            "max_pan_outpaints": args.max_pan_outpaints, "max_video_pixels": args.max_video_pixels}
 
 
 DB_HELP = "credits store: an SQLite file or a postgresql://user@host/db URL"
