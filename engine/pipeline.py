@@ -345,10 +345,8 @@ class OutpaintPipeline:
         plan = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength)
         latent_shape = cond.init_latents.shape
         rng = np.random.default_rng(seed)
-        if noise is None:
+        if noise is None:  # a caller's noise was checked against the canvas in generate()
             noise = rng.standard_normal(latent_shape, dtype=np.float32)
-        elif noise.shape != latent_shape or noise.dtype != np.float32:
-            raise InvalidRequest("noise", f"must be float32 of shape {latent_shape}, got {noise.dtype} {noise.shape}")
         pure_noise = request.strength >= 1.0
         latents = scheduler.start(plan, cond.init_latents, noise, pure_noise)
         # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
@@ -409,10 +407,7 @@ class OutpaintPipeline:
     def __call__(
         self, source: cv.SourceImage | bytes, request: OutpaintRequest, *, noise: np.ndarray | None = None
     ) -> OutpaintResult:
-        for item in self.generate(source, request, noise=noise):
-            if isinstance(item, OutpaintResult):
-                return item
-        raise Cancelled("the generation ended without a result")
+        return run_to_result(self, source, request, noise=noise)
 
 
 def run_to_result(
@@ -420,9 +415,11 @@ def run_to_result(
     source: cv.SourceImage | bytes,
     request: OutpaintRequest,
     on_step: Callable[[StepEvent], None] | None = None,
+    *,
+    noise: np.ndarray | None = None,
 ) -> OutpaintResult:
-    """Run one request to its result, telling `on_step` of every step (the chains of zoom and pan)."""
-    for item in pipeline.generate(source, request):
+    """Run one request to its result, telling `on_step` of every step (progress, the chains of zoom and pan)."""
+    for item in pipeline.generate(source, request, noise=noise):
         if not isinstance(item, OutpaintResult):
             if on_step is not None:
                 on_step(item)

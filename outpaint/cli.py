@@ -11,7 +11,7 @@ from outpaint.benchmarks.cli import add_bench as _add_bench
 from outpaint.core.errors import OutpaintError
 from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
-from outpaint.request_args import add_engine_arguments, add_request_arguments, pipeline_from_args, request_from_args
+from outpaint.request_args import add_engine_arguments, add_request_arguments, prepare
 from outpaint.scenes.cli import add_scene
 from outpaint.server.cli import add_keys as _add_keys
 from outpaint.server.cli import add_serve as _add_serve
@@ -54,17 +54,9 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    from outpaint.engine.canvas import decode_image
-    from outpaint.engine.schedulers import SCHEDULERS
     from outpaint.run_request import check_output_path, run_with_progress, save_image
 
-    # Everything the user can get wrong is checked before the model loads (seconds to minutes).
-    if not args.image.is_file():
-        raise SystemExit(f"outpaint run: --image {args.image} does not exist")
-    check_output_path(args.out)
-    request = request_from_args(args, tuple(SCHEDULERS))
-    source = decode_image(args.image.read_bytes())
-    pipeline = pipeline_from_args(args)
+    request, source, pipeline = prepare(args, "run", check_output_path)
     result = run_with_progress(pipeline, source, request)
     for warning in result.warnings:
         print(f"warning: {warning}")

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from outpaint.engine.canvas import SourceImage
     from outpaint.engine.pipeline import OutpaintPipeline
     from outpaint.engine.request import OutpaintRequest
 
@@ -78,3 +81,20 @@ def pipeline_from_args(args: argparse.Namespace) -> OutpaintPipeline:
     return OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,
                                  colour_match=args.colour_match, large_canvas=large)
 
+
+
+def prepare(
+    args: argparse.Namespace, command: str, check_output: Callable[[Path], object]
+) -> tuple[OutpaintRequest, SourceImage, OutpaintPipeline]:
+    """What run, zoom and pan do first: the request, the source and the pipeline. Everything the user
+    can get wrong (the image, the output path, a field) is checked before the model loads (seconds to
+    minutes)."""
+    from outpaint.engine.canvas import decode_image
+    from outpaint.engine.schedulers import SCHEDULERS
+
+    if not args.image.is_file():
+        raise SystemExit(f"outpaint {command}: --image {args.image} does not exist")
+    check_output(args.out)
+    request = request_from_args(args, tuple(SCHEDULERS))
+    source = decode_image(args.image.read_bytes())
+    return request, source, pipeline_from_args(args)

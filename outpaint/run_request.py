@@ -9,10 +9,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from outpaint.core.errors import Cancelled
 from outpaint.engine.canvas import SourceImage
 from outpaint.engine.loop import StepEvent
-from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
+from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult, run_to_result
 from outpaint.engine.request import OutpaintRequest
 
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -49,10 +48,8 @@ def run_with_progress(
     pipeline: OutpaintPipeline, source: SourceImage | bytes, request: OutpaintRequest
 ) -> OutpaintResult:
     with tqdm(total=None, unit="step", desc="denoising") as bar:
-        for item in pipeline.generate(source, request):
-            if isinstance(item, StepEvent):
-                bar.total = item.total
-                bar.update(1)
-            else:
-                return item
-    raise Cancelled("the generation ended without a result")
+        def advance(event: StepEvent) -> None:
+            bar.total = event.total
+            bar.update(1)
+
+        return run_to_result(pipeline, source, request, advance)

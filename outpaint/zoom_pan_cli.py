@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from outpaint.request_args import add_engine_arguments, add_request_arguments, pipeline_from_args, request_from_args
+from outpaint.request_args import add_engine_arguments, add_request_arguments, prepare
 
 
 def add_zoom(sub) -> None:
@@ -29,17 +29,10 @@ def add_zoom(sub) -> None:
 def _cmd_zoom(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from outpaint.engine.canvas import decode_image
-    from outpaint.engine.schedulers import SCHEDULERS
     from outpaint.engine.zoom import zoom_keyframes, zoom_video
     from outpaint.video import check_video_path, write_video
 
-    if not args.image.is_file():
-        raise SystemExit(f"outpaint zoom: --image {args.image} does not exist")
-    check_video_path(args.out)
-    request = request_from_args(args, tuple(SCHEDULERS))
-    source = decode_image(args.image.read_bytes())
-    pipeline = pipeline_from_args(args)
+    request, source, pipeline = prepare(args, "zoom", check_video_path)
     with tqdm(total=args.zoom_steps, unit="zoom", desc="zooming out") as bar:
         def advance(k: int, event) -> None:
             if event.index + 1 == event.total:
@@ -76,17 +69,10 @@ def add_pan(sub) -> None:
 def _cmd_pan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from outpaint.engine.canvas import decode_image
     from outpaint.engine.pan import panorama
-    from outpaint.engine.schedulers import SCHEDULERS
     from outpaint.run_request import check_output_path, save_image
 
-    if not args.image.is_file():
-        raise SystemExit(f"outpaint pan: --image {args.image} does not exist")
-    check_output_path(args.out)
-    request = request_from_args(args, tuple(SCHEDULERS))
-    source = decode_image(args.image.read_bytes())
-    pipeline = pipeline_from_args(args)
+    request, source, pipeline = prepare(args, "pan", check_output_path)
     with tqdm(unit="outpaint", desc="panning") as bar:
         def advance(k: int, event) -> None:
             if event.index + 1 == event.total:
