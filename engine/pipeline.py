@@ -200,17 +200,30 @@ class OutpaintPipeline:
                 warnings.append(f"{label} is longer than 77 CLIP tokens; the rest was ignored")
             ids.append(tokens.ids)
         out = self.graphs[TEXT_ENCODER].run({INPUT_IDS: np.stack(ids)})
+        self.release_memory(TEXT_ENCODER)
         return out[LAST_HIDDEN_STATE], warnings
 
     def encode_image(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (1, 4, H/8, W/8) float32 latents (mean x scaling factor)."""
         mean = self.graphs[VAE_ENCODER].run({IMAGE: cv.to_model_image(rgb)})[LATENT_MEAN]
+        self.release_memory(VAE_ENCODER)
         return mean * self.scaling_factor
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(1, 4, h, w) latents -> (H, W, 3) uint8."""
         image = self.graphs[VAE_DECODER].run({LATENT: latents / self.scaling_factor})[IMAGE]
+        self.release_memory(VAE_DECODER)
         return cv.from_model_image(image)
+
+    def release_memory(self, *names: str) -> None:
+        """Let the named graphs free their intermediate buffers, on backends that keep them between
+        runs (OpenVINO keeps them sized for the largest canvas run so far). The VAE runs once per
+        request and the UNet's buffers are not needed while the VAE decodes: holding both at 1024x1024
+        would add their peaks. Re-allocating them costs little next to the run (docs/benchmarks.md)."""
+        for name in names:
+            release = getattr(self.graphs.get(name), "release_memory", None)
+            if release is not None:
+                release()
 
     def request_unet(self, latent_mask: np.ndarray) -> UNetFn:
         """The UNet as one request's loop calls it: with a fresh feature cache and on the mask's window
@@ -374,6 +387,7 @@ class OutpaintPipeline:
         assert last_event is not None, "a plan has at least one step (Scheduler.plan validates it)"
         latents = last_event.latents  # read after the loop: a device loop copies to the host only this once
         timings["denoise"] = float(sum(step_seconds))
+        self.release_memory(UNET, UNET_DEEP, UNET_SHALLOW)
 
         started = time.perf_counter()
         # With the region decode on, `decoded` holds the source outside the decoded box.

@@ -60,8 +60,8 @@ def test_bf16_unet_is_close_to_fp32_but_not_identical(unet_path):
     assert 0 < rms < 0.25
 
 
-def test_one_compiled_model_per_shape_bounded_cache(unet_path):
-    graph = OvGraph("unet", unet_path, OvOptions(precision="fp32", max_shapes=2))
+def test_static_mode_one_compiled_model_per_shape_bounded_cache(unet_path):
+    graph = OvGraph("unet", unet_path, OvOptions(precision="fp32", shapes="static", max_shapes=2))
     for height, width in ((64, 64), (64, 128), (64, 64)):
         graph.run(_unet_feeds(height, width))
     assert len(graph.compiled_shapes()) == 2
@@ -69,6 +69,28 @@ def test_one_compiled_model_per_shape_bounded_cache(unet_path):
     shapes = [dict(key)["sample"] for key in graph.compiled_shapes()]
     # (64, 128) was the least recently used and went; the newest shape is last.
     assert shapes == [(2, 4, 8, 8), (2, 4, 16, 8)]
+
+
+def test_dynamic_mode_one_compiled_model_per_batch_for_every_canvas(unet_path):
+    graph = OvGraph("unet", unet_path, OvOptions(precision="fp32"))  # dynamic is the default
+    static = OvGraph("unet", unet_path, OvOptions(precision="fp32", shapes="static", max_shapes=4))
+    for height, width in ((64, 64), (64, 128), (128, 64)):
+        feeds = _unet_feeds(height, width)
+        np.testing.assert_allclose(graph.run(feeds)["out_sample"], static.run(feeds)["out_sample"],
+                                   rtol=0, atol=1e-5)
+    assert [dict(key)["sample"] for key in graph.compiled_shapes()] == [(2, 4, -1, -1)]
+    # Another batch (the unguided tail's) is its own compiled model; the spatial sizes stay free.
+    feeds = _unet_feeds(64, 64)
+    feeds = {**feeds, "sample": feeds["sample"][:1], "encoder_hidden_states": feeds["encoder_hidden_states"][:1]}
+    graph.run(feeds)
+    assert [dict(key)["sample"] for key in graph.compiled_shapes()] == [(2, 4, -1, -1), (1, 4, -1, -1)]
+    graph.release_memory()  # frees buffers only: the next run gives the same result
+    np.testing.assert_array_equal(graph.run(feeds)["out_sample"], graph.run(feeds)["out_sample"])
+
+
+def test_unknown_shape_mode_is_refused():
+    with pytest.raises(OutpaintError, match="shapes must be one of dynamic, static"):
+        OvOptions(shapes="ragged")
 
 
 def test_wrong_input_is_named_in_the_error(unet_path):

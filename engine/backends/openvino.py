@@ -5,14 +5,21 @@ UNet in bf16 about twice as fast as ONNX Runtime's fp32 CPU provider, and its fp
 little faster. `openvino-bf16` asks for bf16 inference precision (weights and activations in bf16,
 accumulation in fp32; inputs and outputs stay float32), `openvino-fp32` keeps fp32 throughout.
 
-Shapes are made static per call shape: each graph keeps a small LRU cache of compiled models keyed
-by the input shapes (one entry per canvas size), because OpenVINO's CPU kernels are faster for
-static shapes than for dynamic ones. Each compiled entry holds its own repacked copy of the weights
-(3.4 GB for the fp32 UNet), which is why the cache is bounded (`OvOptions.max_shapes`).
+Shapes: every compiled model holds its own repacked copy of the weights (1.7 GB for the UNet in
+bf16, 3.4 GB in fp32), so how many are compiled decides the memory. `OvOptions.shapes`:
+
+- "dynamic" (the default): one compiled model per batch size, with the spatial dimensions the ONNX
+  graph leaves free kept free. Every canvas and UNet window shares one copy of the weights; OpenVINO
+  builds (and caches) the kernels of a new spatial shape on its first call. A server holding three
+  canvases thus holds the UNet's weights once (docs/benchmarks.md, "Memory").
+- "static": one compiled model per input-shape set, in a small LRU cache (`max_shapes`). Static
+  shapes let OpenVINO fold every shape computation at compile time; what that buys is measured in
+  docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -28,8 +35,10 @@ from outpaint.core.errors import BackendUnavailable, ModelError, OutpaintError
 from outpaint.core.graphs import TIMESTEP
 
 from .base import check_feeds
+from .mapped_files import page_out_mapped_files
 
 PRECISIONS = ("bf16", "fp32")
+SHAPE_MODES = ("dynamic", "static")
 _OV_TYPES = {"f32": "float32", "i64": "int64", "i32": "int32", "f16": "float16"}
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -40,10 +49,15 @@ class OvOptions:
 
     precision: str = "bf16"  # inference precision hint: bf16 | fp32
     threads: int = 0
-    max_shapes: int = 2  # compiled static-shape variants kept per graph (each holds its own weights)
+    shapes: str = "dynamic"  # dynamic: one compiled model per batch size | static: one per input-shape set
+    max_shapes: int = 2  # compiled variants kept per graph (each holds its own weights)
     cache_dir: str | None = None  # OpenVINO's on-disk compiled-model cache (CACHE_DIR); None = off
     # In bf16, run the subgraph that depends only on this input in fp32 (ov_prologue.py); "" = off.
     fp32_prologue_input: str = TIMESTEP
+
+    def __post_init__(self) -> None:
+        if self.shapes not in SHAPE_MODES:
+            raise OutpaintError(f"OvOptions.shapes must be one of {', '.join(SHAPE_MODES)}, got {self.shapes!r}")
 
     def compile_config(self, precision: str | None = None) -> dict[str, Any]:
         import openvino.properties as props
@@ -104,6 +118,12 @@ class _Compiled:
         self.prologue_inputs = prologue_inputs
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
+    def release_memory(self) -> None:
+        """Free the intermediate buffers (sized for the largest shape run so far) until the next run."""
+        # An inference in flight keeps them: nothing is lost, the memory stays held a while longer.
+        with contextlib.suppress(RuntimeError):
+            self.compiled.release_memory()
+
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.prologue is not None:
             feeds = dict(feeds)
@@ -135,19 +155,40 @@ class OvGraph:
         self.name = name
         self.options = options
         self.path = path
-        self.model = self.core.read_model(str(path))
+        # Only the signature is kept: a held ov.Model would keep its weight file mapped, and every
+        # mapping a process holds counts in its resident memory (the compile reads its own copy).
+        model = self.core.read_model(str(path))
         self._declared = [
             (
                 p.get_any_name(),
                 _OV_TYPES.get(p.get_element_type().get_type_name(), p.get_element_type().get_type_name()),
                 [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
             )
-            for p in self.model.inputs
+            for p in model.inputs
         ]
         self.input_names = tuple(name for name, _, _ in self._declared)
-        self.output_names = tuple(o.get_any_name() for o in self.model.outputs)
+        self._declared_shapes = {name: shape for name, _, shape in self._declared}
+        self.output_names = tuple(o.get_any_name() for o in model.outputs)
+        del model
         self._cache: OrderedDict[ShapeKey, _Compiled] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
+        self._shapes_run: set[tuple[tuple[int, ...], ...]] = set()
+
+    def _compiled_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape `name` is compiled at for a feed of `shape`: the feed's own in static mode; in
+        dynamic mode the dimensions the graph declares free stay free (-1), but for the batch: a
+        static batch lets the fp32 prologue's timestep broadcast fold (ov_prologue.py)."""
+        if self.options.shapes == "static":
+            return tuple(int(d) for d in shape)
+        declared = self._declared_shapes[name]
+        return tuple(int(d) if axis == 0 or declared[axis] is not None else -1 for axis, d in enumerate(shape))
+
+    def release_memory(self) -> None:
+        """Free every compiled variant's intermediate buffers (pipeline.release_memory says when)."""
+        with self._lock:
+            entries = list(self._cache.values())
+        for entry in entries:
+            entry.release_memory()
 
     def compiled_shapes(self) -> list[ShapeKey]:
         with self._lock:
@@ -171,7 +212,7 @@ class OvGraph:
 
     def _compile(self, key: ShapeKey) -> _Compiled:
         # A fresh read per shape (ONNX external data is memory-mapped: cheap) because reshaping and
-        # the prologue split change the model in place.
+        # the prologue split change the model in place. -1 = a dimension left free (dynamic mode).
         model = self.core.read_model(str(self.path))
         model.reshape({name: list(shape) for name, shape in key})
         prologue_input = self.options.fp32_prologue_input
@@ -181,16 +222,29 @@ class OvGraph:
 
             split = split_fp32_prologue(model, prologue_input)
         if split is None:
-            return _Compiled(self.core.compile_model(model, "CPU", self.options.compile_config()))
-        prologue = _Compiled(self.core.compile_model(split.prologue, "CPU", self.options.compile_config("fp32")))
-        main = self.core.compile_model(split.main, "CPU", self.options.compile_config())
-        return _Compiled(main, prologue, (prologue_input,))
+            compiled = _Compiled(self.core.compile_model(model, "CPU", self.options.compile_config()))
+        else:
+            prologue = _Compiled(self.core.compile_model(split.prologue, "CPU", self.options.compile_config("fp32")))
+            main = self.core.compile_model(split.main, "CPU", self.options.compile_config())
+            compiled = _Compiled(main, prologue, (prologue_input,))
+        page_out_mapped_files(self.weight_files())  # the compiled model runs on its own copy
+        return compiled
+
+    def weight_files(self) -> list[Path]:
+        """The graph file and its external-data files (beside it, named after it)."""
+        return [self.path, *self.path.parent.glob(f"{self.path.name}.data*")]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self._declared, feeds)
-        key = tuple((name, tuple(int(d) for d in feeds[name].shape)) for name in self.input_names)
+        key = tuple((name, self._compiled_shape(name, feeds[name].shape)) for name in self.input_names)
         contiguous = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
-        return self._compiled_for(key).infer(contiguous)
+        outputs = self._compiled_for(key).infer(contiguous)
+        shape = tuple(value.shape for value in contiguous.values())
+        if shape not in self._shapes_run:
+            # A new shape's first inference builds its kernels from the mapped original weights.
+            self._shapes_run.add(shape)
+            page_out_mapped_files(self.weight_files())
+        return outputs
 
 
 def load_openvino_graphs(folder: Path, files: Mapping[str, str], options: OvOptions) -> dict[str, OvGraph]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def _openvino_loader(precision: str) -> GraphLoader:
         from .openvino import OvOptions, load_openvino_graphs
 
         files = {name: manifest.graphs[name].file for name in names}
-        return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision)))
+        # OUTPAINT_OV_SHAPES=static|dynamic overrides the shape mode (a benchmark compares the two).
+        shapes = os.environ.get("OUTPAINT_OV_SHAPES") or OvOptions.shapes
+        return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision, shapes=shapes)))
 
     return load
 

@@ -1,0 +1,124 @@
+"""Memory of a server holding several canvases: the fast path's peak resident set, per shape mode.
+
+    python -m outpaint.benchmarks.memory --model /work/models/full --out benchmarks/memory.json
+
+A server keeps what it compiled for every canvas it has served. This runs, in one fresh process per
+setting, what `outpaint serve --fast` runs for a request at each canvas in turn (the fast path on
+the backend `--fast` picks here, the large-canvas strategy and colour match at their defaults) and
+reads the process's memory after each: the peak (VmHWM), the resident set now (VmRSS) and its
+anonymous and file-backed parts (a memory-mapped weight file counts as long as it is mapped). The
+step count does not change the memory: what does is which shapes were compiled, so the requests use
+few steps (`--steps`). Each setting is an OpenVINO shape mode (engine/backends/openvino.py):
+"static" compiles, and holds weights for, every input shape; "dynamic" one model per batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MEMORY_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")  # /proc/self/status, reported in GiB
+DEFAULT_CANVASES = ("512x512", "768x512", "1024x1024")
+
+
+def process_memory_gib() -> dict[str, float]:
+    """This process's peak and current resident memory, GiB (Linux)."""
+    values: dict[str, float] = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in MEMORY_KEYS:
+                values[key] = round(int(rest.split()[0]) / 2**20, 3)  # kB
+    return values
+
+
+def _canvas(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 768x512") from None
+    return width, height
+
+
+def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: str | None) -> dict:
+    """Runs in the measured process: load the fast pipeline, one request per canvas, memory after each."""
+    import numpy as np
+
+    from outpaint.engine.canvas import SourceImage
+    from outpaint.engine.cpu_features import fast_backend
+    from outpaint.engine.fast_path import FastPathOptions
+    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.engine.request import OutpaintRequest
+
+    from .workload import source_rgb
+
+    chosen = backend or fast_backend().backend
+    started = time.perf_counter()
+    pipe = OutpaintPipeline.load(model, chosen, options=FastPathOptions())
+    rows = [{"after": "load", "seconds": round(time.perf_counter() - started, 1), **process_memory_gib()}]
+    for width, height in canvases:
+        rgb = source_rgb(width, height)  # the left half of the canvas, as in `outpaint bench`
+        source = SourceImage(rgb=rgb, known=np.ones(rgb.shape[:2], dtype=bool))
+        request = OutpaintRequest(prompt="a photo of a street in italy", num_inference_steps=steps,
+                                  img_width=width, img_height=height, seed=1)
+        started = time.perf_counter()
+        pipe(source, request)
+        rows.append({"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
+                     **process_memory_gib()})
+    return {"backend": chosen, "rows": rows}
+
+
+def _child(args: argparse.Namespace) -> int:
+    result = measure(args.model, args.canvases, args.steps, args.backend)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m outpaint.benchmarks.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the exported full random model")
+    parser.add_argument("--canvases", type=_canvas, nargs="+", default=[_canvas(c) for c in DEFAULT_CANVASES])
+    parser.add_argument("--steps", type=int, default=4,
+                        help="denoising steps per request (memory does not depend on it)")
+    parser.add_argument("--shapes", default="dynamic,static", help="OpenVINO shape modes to measure, in order")
+    parser.add_argument("--backend", default=None, help="default: what `--fast` picks on this CPU")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+
+    from .machine import describe_machine
+
+    settings = []
+    for mode in args.shapes.split(","):
+        command = [sys.executable, "-m", "outpaint.benchmarks.memory", "--child", "--model", str(args.model),
+                   "--steps", str(args.steps), "--canvases", *(f"{w}x{h}" for w, h in args.canvases)]
+        if args.backend:
+            command += ["--backend", args.backend]
+        env = {**os.environ, "OUTPAINT_OV_SHAPES": mode}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"the {mode} run failed (exit {done.returncode})")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        settings.append({"shapes": mode, **result})
+        peak = result["rows"][-1]["VmHWM"]
+        print(f"{mode:8s} {result['backend']}: peak {peak:.2f} GiB; "
+              + ", ".join(f"{r['after']} {r['VmHWM']:.2f}" for r in result["rows"]), flush=True)
+    report = {"command": "python -m outpaint.benchmarks.memory " + " ".join(argv or sys.argv[1:]),
+              "machine": describe_machine(), "steps": args.steps,
+              "canvases": [f"{w}x{h}" for w, h in args.canvases], "settings": settings}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
