@@ -46,6 +46,7 @@ from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency, Replay
 from .idempotency_store import Claim, IdempotencyOutcome
 from .metrics import Metrics
+from .playground import add_playground
 from .schema import error_response, request_schema
 from .store import CreditStore
 
@@ -378,6 +379,7 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
     )
     app.state.service = service
     add_offline_docs(app)
+    add_playground(app)  # GET /: try the job routes in a browser
 
     @app.post(
         ROUTE,
