@@ -89,8 +89,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir, tmp_path_factory) -> Iterator[tuple[ServerProcess, Path]]:
-    model = Path(os.environ.get("OUTPAINT_PLAYGROUND_MODEL") or tiny_model_dir)
+def served(request, tmp_path_factory) -> Iterator[tuple[ServerProcess, Path]]:
+    named = os.environ.get("OUTPAINT_PLAYGROUND_MODEL")
+    model = Path(named) if named else request.getfixturevalue("tiny_model_dir")
     folder = tmp_path_factory.mktemp("playground")
     db = folder / "credits.db"
     open_store(db).close()
@@ -300,6 +301,21 @@ def test_a_job_from_submit_to_download(page, new_key, screenshots):
     assert Image.open(io.BytesIO(jpeg)).size == (CANVAS, CANVAS)
     expect(page.locator("#credits")).to_have_text("2")  # one image charged, shown from the server's header
     page.screenshot(path=str(screenshots / "playground.png"), full_page=True)
+
+
+def test_cancel_stops_a_running_job_without_a_charge(page, new_key):
+    enter_key(page, new_key(1))
+    expect(page.locator("#credits")).to_have_text("1")
+    fill_job(page, steps=100)
+    page.click("#submit")
+    expect(page.locator("#preview")).to_be_visible()  # running: its first step preview is here
+    page.click("#cancel")
+    expect(page.locator("#message")).to_have_text("The job was cancelled; nothing was charged.")
+    expect(page.locator("#progress-label")).to_have_text("Cancelled")
+    step = page.eval_on_selector("#progress", "p => p.value")
+    assert 1 <= step < 100
+    expect(page.locator("#credits")).to_have_text("1")
+    assert page.is_enabled("#submit") and not page.is_enabled("#cancel")
 
 
 # -- errors in plain words ------------------------------------------------------------------------

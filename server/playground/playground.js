@@ -220,6 +220,7 @@ function draw() {
     canvas.height = height;
     checker = null;
   }
+  $("placeholder").style.aspectRatio = `${width} / ${height}`;
   context.fillStyle = checkerPattern();
   context.fillRect(0, 0, width, height);
   const source = state.source;
@@ -424,13 +425,18 @@ function showStatus(job) {
   else if (job.status === "running" || job.status === "succeeded") showProgress(job.step || 0, job.steps || 1);
 }
 
+// The output frame shows one of: the placeholder, the latest step preview, the result.
+function showInFrame(which) {
+  for (const id of ["placeholder", "preview", "result"]) $(id).hidden = id !== which;
+}
+
 function showStep(event) {
   state.previews += 1;
   showProgress(event.step, event.steps);
   const preview = $("preview");
   preview.src = `data:${event.preview_type};base64,${event.preview}`;
   preview.dataset.count = String(state.previews);
-  preview.hidden = false;
+  showInFrame("preview");
 }
 
 // Server-Sent Events from a fetch() body: blocks separated by a blank line, `field: value` lines.
@@ -498,6 +504,7 @@ async function showResult(job, signal) {
   const image = $("result");
   image.src = state.resultUrl;
   await image.decode().catch(() => {});
+  showInFrame("result");
   $("download").href = state.resultUrl;
   $("download").download = `outpaint-${job.seed}.jpg`;
   const seam = job.seam_score === null || job.seam_score === undefined ? "none (no boundary)" : job.seam_score.toFixed(3);
@@ -533,8 +540,8 @@ async function submit() {
   state.abort = controller;
   state.previews = 0;
   state.job = null;
-  $("preview").hidden = true;
   $("result-box").hidden = true;
+  showInFrame("placeholder");
   $("submit").disabled = true;
   showProgress(0, numberOf("num_inference_steps") || 1, "Submitting");
   try {
