@@ -31,7 +31,9 @@ from .store_backends import NAMES, Backend, make_backend
 from .test_server import ROUTE, TIMEOUT, Keys, assert_json_error, cheap_body, jpeg_size, post, wait_until
 
 JOBS = ROUTE + "/jobs"
-RETENTION_S = 6.0
+RETENTION_S = 4.0
+# A job that runs long enough to be cancelled or killed mid-run (25 steps: seconds on the tiny model).
+SLOW = {"strength": 1.0, "num_inference_steps": 25}
 
 
 def submit(server: ServerProcess, body, key: str | None, **kwargs) -> requests.Response:
@@ -52,7 +54,8 @@ def events(server: ServerProcess, job_id: str, key: str, **headers: str) -> Iter
         assert r.status_code == 200, r.text[:300]
         assert r.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
-        for line in r.iter_lines(decode_unicode=True):
+        for raw in r.iter_lines():
+            line = raw.decode()
             if line == "":
                 if "event" in fields:
                     yield fields.get("id", ""), fields["event"], json.loads(fields["data"])
@@ -87,7 +90,7 @@ def served(tiny_model_dir, tmp_path_factory):
 def test_submit_follow_and_fetch_the_same_image_as_the_blocking_route(served):
     server, keys = served
     key_id, key = keys.new(3)
-    body = cheap_body(seed=11, strength=0.5)
+    body = cheap_body(seed=11)
     r = submit(server, body, key)
     assert r.status_code == 202, r.text
     job = r.json()
@@ -114,16 +117,16 @@ def test_submit_follow_and_fetch_the_same_image_as_the_blocking_route(served):
     assert jpeg_size(result) == (256, 256)
     assert result.headers["x-seed"] == "11" and float(result.headers["x-seam-score"]) > 0
     assert result.headers["x-remaining-credits"] == "2"  # charged once, with the image
-    blocking = post(server, body, key)
-    assert blocking.content == result.content
-    assert keys.balance(key_id) == 1
     status = get(server, f"{JOBS}/{job['id']}", key).json()
     assert status["expires_at"] is not None and status["finished_at"] is not None
     assert status["seam_score"] == pytest.approx(float(result.headers["x-seam-score"]), abs=1e-3)
-    # A late follower gets the final status and done at once.
+    # A late follower gets the final status (and the last preview) and done at once.
     assert [kind for _, kind, _ in events(server, job["id"], key)] == ["status", "step", "done"]
     balance = get(server, "/v1/user/balance", key)
-    assert balance.json() == {"credits": 1} and balance.headers["x-remaining-credits"] == "1"
+    assert balance.json() == {"credits": 2} and balance.headers["x-remaining-credits"] == "2"
+    blocking = post(server, body, key)
+    assert blocking.content == result.content
+    assert keys.balance(key_id) == 1
 
 
 def test_a_random_seed_is_drawn_at_submit(served):
@@ -173,7 +176,7 @@ def test_cancel_refunds_and_a_cancelled_or_succeeded_job_has_no_second_settlemen
     server, keys = served
     key_id, key = keys.new(3)
     # A long job holds the one slot, so the second is still queued when it is cancelled.
-    slow = submit(server, cheap_body(strength=1.0, img_width=512, img_height=512, num_inference_steps=100), key).json()
+    slow = submit(server, cheap_body(**SLOW), key).json()
     queued = submit(server, cheap_body(), key).json()
     assert keys.balance(key_id) == 1
     r = requests.post(f"{server.url}{JOBS}/{queued['id']}/cancel", headers={"x-api-key": key}, timeout=TIMEOUT)
@@ -200,7 +203,7 @@ def test_cancel_refunds_and_a_cancelled_or_succeeded_job_has_no_second_settlemen
 def test_per_key_bound_is_429_and_an_idempotent_retry_is_the_same_job(served):
     server, keys = served
     key_id, key = keys.new(10)
-    slow = cheap_body(strength=1.0, img_width=512, img_height=512, num_inference_steps=100)
+    slow = cheap_body(**SLOW)
     ids = [submit(server, {**slow, "seed": n}, key).json()["id"] for n in range(3)]
     r = submit(server, cheap_body(), key)
     assert "unfinished jobs" in assert_json_error(r, 429)["error"]
@@ -310,7 +313,7 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
     key_id, key = store.create_key(5)
     args = ["--timeout", "120", "--log-level", "info"]
     server = start_server(tiny_model_dir, db=backend.db, log_path=tmp_path / "first.log", args=args)
-    slow = cheap_body(strength=1.0, img_width=512, img_height=512, num_inference_steps=50, seed=9)
+    slow = cheap_body(**SLOW, seed=9)
     try:
         running = submit(server, slow, key).json()
         waiting = submit(server, cheap_body(seed=10), key).json()
@@ -326,7 +329,7 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
         second = wait_finished(again, waiting["id"], key, timeout_s=60)
         assert (first["status"], second["status"]) == ("succeeded", "succeeded"), (first, second)
         assert first["attempts"] == 2 and second["attempts"] == 1
-        assert jpeg_size(get(again, f"{JOBS}/{running['id']}/result", key)) == (512, 512)
+        assert jpeg_size(get(again, f"{JOBS}/{running['id']}/result", key)) == (256, 256)
     finally:
         assert again.stop() == 0, again.log()[-3000:]
     # The ledger: balance = start - charged; the charged ids are the succeeded jobs, each once.
