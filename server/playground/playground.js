@@ -42,9 +42,11 @@ const HEADLINES = {
   401: "The API key was not accepted",
   404: "Not found",
   406: "Not enough credits",
-  409: "No result",
+  409: "Not possible for this job",
   413: "Too large for this server",
   415: "Unsupported request",
+  422: "This Idempotency-Key was used for another request",
+  429: "Too many unfinished jobs for this key",
   500: "The server failed",
   503: "The server is busy",
 };
@@ -65,7 +67,7 @@ function explain(status, serverText, retryAfter) {
   let sentence = text ? `${headline}: ${text}` : headline;
   if (!/[.!?]$/.test(sentence)) sentence += ".";
   let advice = ADVICE[status] || "";
-  if (status === 503) advice = retryAfter ? `Try again in ${retryAfter} s.` : "Try again shortly.";
+  if (status === 503 || status === 429) advice = retryAfter ? `Try again in ${retryAfter} s.` : "Try again shortly.";
   return `${sentence} ${advice}`.trim() + ` (HTTP ${status})`;
 }
 
