@@ -13,6 +13,7 @@ exported small trained model, whose picture means something, where the tiny rand
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import os
@@ -32,6 +33,8 @@ import requests
 from outpaint.scenes import HELD_OUT_START, render, scene_from_seed
 from outpaint.server.process import ServerProcess, start_server
 from outpaint.server.store import open_store
+
+from .conftest import make_png
 
 REQUIRE = os.environ.get("OUTPAINT_REQUIRE_BROWSER") == "1"
 TIMEOUT_MS = 60_000  # any single wait in the page; a job on the tiny model takes a few seconds
@@ -260,6 +263,17 @@ def test_key_upload_drag_and_the_fields_stay_in_sync(page, new_key):
     page.keyboard.press("Shift+ArrowDown")
     assert (value(page, "#offset_x"), value(page, "#offset_y")) == (65, 80)
 
+    # A file dropped on the drop zone replaces the source (and is centred again, at scale 1).
+    dropped = base64.b64encode(make_png(64, 96)).decode()
+    page.eval_on_selector("#drop-zone", """(zone, data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+        zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }""", dropped)
+    expect(page.locator("#image-info")).to_have_text("dropped.png: 64×96")
+    assert (value(page, "#scale"), value(page, "#offset_x"), value(page, "#offset_y")) == (1, 96, 80)
+
 
 # -- a job, start to finish -----------------------------------------------------------------------
 
@@ -273,9 +287,12 @@ def fill_job(page, *, steps: int = 25, seed: int = 5, prompt: str | None = None)
 
 
 def test_a_job_from_submit_to_download(page, new_key, screenshots):
-    enter_key(page, new_key(3))
+    key = new_key(3)
+    enter_key(page, key)
     expect(page.locator("#credits")).to_have_text("3")
     fill_job(page)
+    sent = []
+    page.on("request", lambda request: sent.append((request.url, request.headers.get("x-api-key"))))
     page.click("#submit")
     expect(page.locator("#result-box")).to_be_visible()
     assert "Done" in message(page)
@@ -300,6 +317,10 @@ def test_a_job_from_submit_to_download(page, new_key, screenshots):
 
     assert Image.open(io.BytesIO(jpeg)).size == (CANVAS, CANVAS)
     expect(page.locator("#credits")).to_have_text("2")  # one image charged, shown from the server's header
+    # The event stream was read with the key as a header (fetch), never with the key in its URL.
+    events = [(url, header) for url, header in sent if url.endswith("/events")]
+    assert events and all(header == key for _, header in events)
+    assert not any(key in url for url, _ in sent)
     page.screenshot(path=str(screenshots / "playground.png"), full_page=True)
 
 

@@ -499,7 +499,11 @@ async function pollUntilDone(job, signal) {
 }
 
 async function showResult(job, signal) {
-  const response = await api("GET", job.links.result, { signal });
+  let response = await api("GET", job.links.result, { signal });
+  while (response.status === 202) { // not stored yet (another replica's row write): the status, not the image
+    await sleep(500);
+    response = await api("GET", job.links.result, { signal });
+  }
   const blob = await response.blob();
   if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
   state.resultUrl = URL.createObjectURL(blob);
@@ -531,6 +535,8 @@ async function finish(job, signal) {
 }
 
 async function submit() {
+  // Enter in the key field submits before its "change" event: take the key as it stands.
+  if ($("api_key").value.trim() !== state.apiKey) setKey($("api_key").value);
   clearMessage();
   const problem = checkForm();
   if (problem) {
