@@ -84,8 +84,8 @@ def browser():
     except ImportError:
         _missing("playwright is not installed: pip install -e '.[dev]'")
     with sync_playwright() as playwright:
-        # Chromium's sandbox cannot start as root (CI runs as root); the page is our own, on loopback.
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        # Containers give /dev/shm 64 MB; the sandbox cannot start as root (CI); the page is our own, on loopback.
+        args = ["--disable-dev-shm-usage", *(["--no-sandbox"] if os.geteuid() == 0 else [])]
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
         yield browser
         browser.close()
@@ -378,6 +378,14 @@ def test_errors_are_shown_in_plain_words(page, new_key, screenshots):
     expect(page.locator("#message")).to_contain_text("The API key was not accepted")
     page.click("#submit")
     expect(page.locator("#message")).to_contain_text("(HTTP 401)")
+
+    # The words for the codes this server answers only under load or with big inputs (its own tests
+    # make those happen: test_server*.py); here only the page's wording of them.
+    words = page.evaluate("""() => [explain(413, "body: 40 MB is over the limit of 32 MB"),
+                                   explain(503, "the queue is full (8 waiting)", "3")]""")
+    assert words[0] == ("Too large for this server: body: 40 MB is over the limit of 32 MB. Try a smaller image or "
+                        "canvas, or fewer steps. (HTTP 413)")
+    assert words[1] == "The service is unavailable: the queue is full (8 waiting). Try again in 3 s. (HTTP 503)"
 
     # No key at all: the page says so before sending anything.
     enter_key(page, "")

@@ -48,7 +48,7 @@ const HEADLINES = {
   422: "This Idempotency-Key was used for another request",
   429: "Too many unfinished jobs for this key",
   500: "The server failed",
-  503: "The server is busy",
+  503: "The service is unavailable",
 };
 const ADVICE = {
   401: "Enter a key made with `outpaint keys create`.",
@@ -67,7 +67,7 @@ function explain(status, serverText, retryAfter) {
   let sentence = text ? `${headline}: ${text}` : headline;
   if (!/[.!?]$/.test(sentence)) sentence += ".";
   let advice = ADVICE[status] || "";
-  if (status === 503 || status === 429) advice = retryAfter ? `Try again in ${retryAfter} s.` : "Try again shortly.";
+  if (retryAfter) advice = `Try again in ${retryAfter} s.`; // 503 (queue full, draining), 429, 409
   return `${sentence} ${advice}`.trim() + ` (HTTP ${status})`;
 }
 
