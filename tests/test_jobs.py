@@ -122,6 +122,9 @@ def test_submit_follow_and_fetch_the_same_image_as_the_blocking_route(served):
     assert status["seam_score"] == pytest.approx(float(result.headers["x-seam-score"]), abs=1e-3)
     # A late follower gets the final status (and the last preview) and done at once.
     assert [kind for _, kind, _ in events(server, job["id"], key)] == ["status", "step", "done"]
+    # One that saw the last step already (Last-Event-ID) gets no preview again.
+    resumed = events(server, job["id"], key, **{"last-event-id": str(job["steps"])})
+    assert [kind for _, kind, _ in resumed] == ["status", "done"]
     balance = get(server, "/v1/user/balance", key)
     assert balance.json() == {"credits": 2} and balance.headers["x-remaining-credits"] == "2"
     blocking = post(server, body, key)
