@@ -12,6 +12,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -339,4 +340,37 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
     charged = backend.query("SELECT request_id, amount FROM charges ORDER BY request_id")
     assert sorted(charged) == sorted([(running["id"], 1), (waiting["id"], 1)])
     assert store.balance(key_id) == 3 and store.open_reservations() == []
+    store.close()
+
+
+def test_two_servers_on_one_postgresql_share_the_queue_and_follow_each_others_jobs(tiny_model_dir, tmp_path,
+                                                                                    request):
+    """Replicas of one database: each claims a different job (SKIP LOCKED), and each serves the status,
+    the events (from the row) and the result of the job the other one runs."""
+    backend = make_backend("postgres", tmp_path, request)
+    store = backend.open()
+    key_id, key = store.create_key(4)
+    args = ["--timeout", "120", "--log-level", "warning"]
+    with ThreadPoolExecutor(2) as pool:  # started side by side: the model loads take most of the test
+        starting = [pool.submit(start_server, tiny_model_dir, db=backend.db, log_path=tmp_path / f"{name}.log",
+                                args=args) for name in ("a", "b")]
+        servers = [future.result() for future in starting]
+    first, second = servers
+    try:
+        # The first server claims the long job at once; the short one waits for the second's next look.
+        jobs = [submit(first, body, key).json()["id"] for body in (cheap_body(**SLOW), cheap_body())]
+        wait_until(lambda: all((store.get_job(j, key_id) or jobs).status != "queued" for j in jobs), 60,  # type: ignore[union-attr]
+                   "both jobs claimed")
+        owners = {store.get_job(j, key_id).owner for j in jobs}  # type: ignore[union-attr]
+        assert len(owners) == 2, "each server runs one job"
+        for job_id in jobs:  # followed and fetched on the server that did not take it in
+            seen = list(events(second, job_id, key))
+            assert seen[0][1] == "status" and seen[-1][1] == "done" and seen[-1][2]["status"] == "succeeded"
+            assert any(kind == "step" for _, kind, _ in seen)
+            assert jpeg_size(get(second, f"{JOBS}/{job_id}/result", key)) == (256, 256)
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()[-3000:]
+    assert sorted(backend.query("SELECT request_id FROM charges")) == sorted((j,) for j in jobs)
+    assert store.balance(key_id) == 2
     store.close()
