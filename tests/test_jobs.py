@@ -345,8 +345,8 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
 
 def test_two_servers_on_one_postgresql_share_the_queue_and_follow_each_others_jobs(tiny_model_dir, tmp_path,
                                                                                     request):
-    """Replicas of one database: each claims a different job (SKIP LOCKED), and each serves the status,
-    the events (from the row) and the result of the job the other one runs."""
+    """Replicas of one database: a job queued through one is run by whichever has a free slot (SKIP
+    LOCKED), and the other follows its events (from the row) and serves its result."""
     backend = make_backend("postgres", tmp_path, request)
     store = backend.open()
     key_id, key = store.create_key(4)
@@ -355,22 +355,31 @@ def test_two_servers_on_one_postgresql_share_the_queue_and_follow_each_others_jo
         starting = [pool.submit(start_server, tiny_model_dir, db=backend.db, log_path=tmp_path / f"{name}.log",
                                 args=args) for name in ("a", "b")]
         servers = [future.result() for future in starting]
-    first, second = servers
     try:
-        # The first server claims the long job at once; the short one waits for the second's next look.
-        jobs = [submit(first, body, key).json()["id"] for body in (cheap_body(**SLOW), cheap_body())]
-        wait_until(lambda: all((store.get_job(j, key_id) or jobs).status != "queued" for j in jobs), 60,  # type: ignore[union-attr]
-                   "both jobs claimed")
-        owners = {store.get_job(j, key_id).owner for j in jobs}  # type: ignore[union-attr]
-        assert len(owners) == 2, "each server runs one job"
-        for job_id in jobs:  # followed and fetched on the server that did not take it in
-            seen = list(events(second, job_id, key))
-            assert seen[0][1] == "status" and seen[-1][1] == "done" and seen[-1][2]["status"] == "succeeded"
-            assert any(kind == "step" for _, kind, _ in seen)
-            assert jpeg_size(get(second, f"{JOBS}/{job_id}/result", key)) == (256, 256)
+        long_job = submit(servers[0], cheap_body(**{**SLOW, "num_inference_steps": 50}), key).json()["id"]
+        wait_until(lambda: (store.get_job(long_job, key_id) or long_job).status == "running", 60,  # type: ignore[union-attr]
+                   "the long job claimed")
+        runner = _server_of(store.get_job(long_job, key_id).owner, servers)  # type: ignore[union-attr]
+        other = servers[1 - servers.index(runner)]
+        short_job = submit(runner, cheap_body(), key).json()["id"]  # its runner is busy: the other takes it
+        # Followed live on the server that does not run it: from the row.
+        seen = list(events(other, long_job, key))
+        assert seen[0][1] == "status" and seen[-1][1] == "done" and seen[-1][2]["status"] == "succeeded"
+        assert any(kind == "step" for _, kind, _ in seen), [kind for _, kind, _ in seen]
+        assert jpeg_size(get(other, f"{JOBS}/{long_job}/result", key)) == (256, 256)
+        assert wait_finished(runner, short_job, key)["status"] == "succeeded"
+        assert jpeg_size(get(runner, f"{JOBS}/{short_job}/result", key)) == (256, 256)
+        assert _server_of(store.get_job(short_job, key_id).owner, servers) is other  # type: ignore[union-attr]
     finally:
         for server in servers:
             assert server.stop() == 0, server.log()[-3000:]
-    assert sorted(backend.query("SELECT request_id FROM charges")) == sorted((j,) for j in jobs)
+    assert sorted(backend.query("SELECT request_id FROM charges")) == sorted([(long_job,), (short_job,)])
     assert store.balance(key_id) == 2
     store.close()
+
+
+def _server_of(owner: str | None, servers: list[ServerProcess]) -> ServerProcess:
+    """The server whose process `owner` (jobs.owner: host:pid:...) names."""
+    assert owner is not None
+    pid = int(owner.split(":")[1])
+    return next(server for server in servers if server.pid == pid)
