@@ -358,7 +358,8 @@ class LeasedCreditStore(JobsMixin, ABC):
     def refund_orphans(self, *, report_waiting: bool = True) -> int:
         """Refund the open reservations that nobody can settle any more; returns how many.
 
-        That is every reservation this process does not hold whose lease expired, or whose
+        A job's reservation (owner `job:<id>`) is not considered: its job settles it (jobs_store.py).
+        Otherwise that is every reservation this process does not hold whose lease expired, or whose
         holder is certainly dead (owners.py), or that names this process as holder without being
         held (its charge failed to commit). With `report_waiting`, the open reservations of other
         holders still within their lease are logged: they are refunded when it expires, unless

@@ -19,7 +19,8 @@ so a restart loses none and any replica sharing the database can run, follow or 
   refunded; finished jobs past their retention are deleted with their results.
 
 Every transition is one conditional UPDATE on the row's status (and owner), so two processes doing
-the same transition do it once, and a settled reservation is never settled again.
+the same transition do it once, and a settled reservation is never settled again. A finished job
+keeps the identity of the process that ran it last in `owner` (for operators and tests).
 """
 
 from __future__ import annotations
@@ -275,6 +276,9 @@ class JobsMixin:
 
     def claim_job(self, lease_s: float | None = None) -> ClaimedJob | None:
         """Take the oldest queued job to run in this process, or None when none is queued."""
+        with self._read() as conn:  # a plain read first: an idle server's look takes no write lock
+            if conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is None:
+                return None
         now = time.time()
         lease = now + (self.lease_s if lease_s is None else lease_s)
         claimed = None
@@ -330,8 +334,7 @@ class JobsMixin:
                 self._lock_idempotency(tx)  # first, as every transaction that takes it
                 cursor = tx.execute(
                     """UPDATE jobs SET status = 'succeeded', result = ?, seam_score = ?, warnings = ?, step = steps,
-                                       finished_at = ?, expires_at = ?, source = NULL, owner = NULL,
-                                       lease_until = NULL
+                                       finished_at = ?, expires_at = ?, source = NULL, lease_until = NULL
                        WHERE id = ? AND status = 'running' AND owner = ?""",
                     (jpeg, seam_score, json.dumps(warnings), now, now + retention_s, job_id, this_process()))
                 if cursor.rowcount != 1:
@@ -356,7 +359,7 @@ class JobsMixin:
             with self._tx() as tx:
                 cursor = tx.execute(
                     """UPDATE jobs SET status = 'failed', error = ?, error_status = ?, finished_at = ?, expires_at = ?,
-                                       source = NULL, owner = NULL, lease_until = NULL
+                                       source = NULL, lease_until = NULL
                        WHERE id = ? AND status = 'running' AND owner = ?""",
                     (error, status, now, now + retention_s, job_id, this_process()))
                 if cursor.rowcount != 1:
@@ -391,7 +394,7 @@ class JobsMixin:
             before = row[0]
             if before in (QUEUED, RUNNING):
                 tx.execute("""UPDATE jobs SET status = 'cancelled', finished_at = ?, expires_at = ?, source = NULL,
-                                             owner = NULL, lease_until = NULL
+                                             lease_until = NULL
                               WHERE id = ?""", (now, now + retention_s, job_id))
                 self._refund_in(tx, job_id)
         job = self.get_job(job_id, key_id, with_preview=False)
@@ -441,7 +444,7 @@ class JobsMixin:
                     keep = self.job_retention_s
                     cursor = tx.execute(
                         "UPDATE jobs SET status = 'failed', error = ?, error_status = 500, finished_at = ?, "
-                        f"expires_at = ?, source = NULL, owner = NULL, lease_until = NULL WHERE {condition}",
+                        f"expires_at = ?, source = NULL, lease_until = NULL WHERE {condition}",
                         (message, now, now + keep, *args))
                     if cursor.rowcount == 1:
                         self._refund_in(tx, job_id)

@@ -12,6 +12,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -122,6 +123,9 @@ def test_submit_follow_and_fetch_the_same_image_as_the_blocking_route(served):
     assert status["seam_score"] == pytest.approx(float(result.headers["x-seam-score"]), abs=1e-3)
     # A late follower gets the final status (and the last preview) and done at once.
     assert [kind for _, kind, _ in events(server, job["id"], key)] == ["status", "step", "done"]
+    # One that saw the last step already (Last-Event-ID) gets no preview again.
+    resumed = events(server, job["id"], key, **{"last-event-id": str(job["steps"])})
+    assert [kind for _, kind, _ in resumed] == ["status", "done"]
     balance = get(server, "/v1/user/balance", key)
     assert balance.json() == {"credits": 2} and balance.headers["x-remaining-credits"] == "2"
     blocking = post(server, body, key)
@@ -337,3 +341,45 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
     assert sorted(charged) == sorted([(running["id"], 1), (waiting["id"], 1)])
     assert store.balance(key_id) == 3 and store.open_reservations() == []
     store.close()
+
+
+def test_two_servers_on_one_postgresql_share_the_queue_and_follow_each_others_jobs(tiny_model_dir, tmp_path,
+                                                                                    request):
+    """Replicas of one database: a job queued through one is run by whichever has a free slot (SKIP
+    LOCKED), and the other follows its events (from the row) and serves its result."""
+    backend = make_backend("postgres", tmp_path, request)
+    store = backend.open()
+    key_id, key = store.create_key(4)
+    args = ["--timeout", "120", "--log-level", "warning"]
+    with ThreadPoolExecutor(2) as pool:  # started side by side: the model loads take most of the test
+        starting = [pool.submit(start_server, tiny_model_dir, db=backend.db, log_path=tmp_path / f"{name}.log",
+                                args=args) for name in ("a", "b")]
+        servers = [future.result() for future in starting]
+    try:
+        long_job = submit(servers[0], cheap_body(**{**SLOW, "num_inference_steps": 50}), key).json()["id"]
+        wait_until(lambda: (store.get_job(long_job, key_id) or long_job).status == "running", 60,  # type: ignore[union-attr]
+                   "the long job claimed")
+        runner = _server_of(store.get_job(long_job, key_id).owner, servers)  # type: ignore[union-attr]
+        other = servers[1 - servers.index(runner)]
+        short_job = submit(runner, cheap_body(), key).json()["id"]  # its runner is busy: the other takes it
+        # Followed live on the server that does not run it: from the row.
+        seen = list(events(other, long_job, key))
+        assert seen[0][1] == "status" and seen[-1][1] == "done" and seen[-1][2]["status"] == "succeeded"
+        assert any(kind == "step" for _, kind, _ in seen), [kind for _, kind, _ in seen]
+        assert jpeg_size(get(other, f"{JOBS}/{long_job}/result", key)) == (256, 256)
+        assert wait_finished(runner, short_job, key)["status"] == "succeeded"
+        assert jpeg_size(get(runner, f"{JOBS}/{short_job}/result", key)) == (256, 256)
+        assert _server_of(store.get_job(short_job, key_id).owner, servers) is other  # type: ignore[union-attr]
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()[-3000:]
+    assert sorted(backend.query("SELECT request_id FROM charges")) == sorted([(long_job,), (short_job,)])
+    assert store.balance(key_id) == 2
+    store.close()
+
+
+def _server_of(owner: str | None, servers: list[ServerProcess]) -> ServerProcess:
+    """The server whose process `owner` (jobs.owner: host:pid:...) names."""
+    assert owner is not None
+    pid = int(owner.split(":")[1])
+    return next(server for server in servers if server.pid == pid)
