@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/outpaint demo
 
 test: $(STAMP)
+	-.ci/ensure-chromium  # the browser test skips without it (CI sets OUTPAINT_REQUIRE_BROWSER=1: fails)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
 	$(PY) -m pytest

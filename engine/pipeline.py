@@ -308,6 +308,21 @@ class OutpaintPipeline:
         else:
             yield from self._generate_at(source, request, seed, noise, total_started)
 
+    def planned_steps(self, request: OutpaintRequest) -> int:
+        """How many step events `generate(request)` yields: both passes where the large-canvas strategy
+        applies, numbered as one sequence (what a progress bar shows as its total)."""
+        small_steps, refine_steps = self._pass_steps(request)
+        return small_steps + refine_steps
+
+    def _pass_steps(self, request: OutpaintRequest) -> tuple[int, int]:
+        """The denoising steps of the request's first pass, and of its refining pass (0 when none)."""
+        scheduler = get_scheduler(request.scheduler)
+        steps = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength).num_steps
+        refine = self.large_canvas.refine_strength
+        if not self.large_canvas.applies(request.img_width, request.img_height, self.native_size) or refine <= 0:
+            return steps, 0
+        return steps, scheduler.plan(self.schedule_config, request.num_inference_steps, refine).num_steps
+
     def _generate_large(
         self, source: cv.SourceImage, request: OutpaintRequest, seed: int, noise: np.ndarray | None,
         total_started: float,
@@ -321,13 +336,8 @@ class OutpaintPipeline:
             request, img_width=small_w, img_height=small_h, scale=1.0, offset_x=0, offset_y=0,
             mask_expand=round(request.mask_expand * small_w / request.img_width), seed=seed,
         )
-        refine = self.large_canvas.refine_strength
-        refine_request = dataclasses.replace(request, strength=refine, seed=seed)
-        scheduler = get_scheduler(request.scheduler)
-        small_steps = scheduler.plan(self.schedule_config, request.num_inference_steps, request.strength).num_steps
-        refine_steps = (
-            scheduler.plan(self.schedule_config, request.num_inference_steps, refine).num_steps if refine > 0 else 0
-        )
+        refine_request = dataclasses.replace(request, strength=self.large_canvas.refine_strength, seed=seed)
+        small_steps, refine_steps = self._pass_steps(request)
         total = small_steps + refine_steps
         small_source = downsample_canvas(full, small_w, small_h)
         small = yield from _forward_steps(

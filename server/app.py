@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request, Security
@@ -45,7 +45,9 @@ from .gate import Aborted, DeadlineExceeded, Draining, Gate, QueueFull, Ticket
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import Idempotency, Replay
 from .idempotency_store import Claim, IdempotencyOutcome
+from .jobs_store import JobLimits, NewJob
 from .metrics import Metrics
+from .playground import add_playground
 from .schema import error_response, request_schema
 from .store import CreditStore
 
@@ -92,6 +94,16 @@ class Job:
 Prepare = Callable[[dict[str, Any], OutpaintRequest, SourceImage], Job]
 
 
+class Submitter(Protocol):
+    """What a route that queues its work instead of running it does once the request passed every
+    check (server/jobs.py): reserve and store it, and answer; and how it answers an Idempotency-Key
+    retry of a request that was charged."""
+
+    async def submit(self, call: Call, request_id: str, job: Job, raw_image: bytes) -> Response: ...
+
+    async def replay(self, replay: Replay, call: Call) -> Response: ...
+
+
 class ChargedImage(Response):
     """The JPEG response. `settle()` runs right before the bytes are handed to the socket: it makes
     the charge final (or refunds if the client already left: the disconnect watcher runs until
@@ -132,6 +144,8 @@ class OutpaintService:
                          on_step=lambda seconds: self.metrics.step_seconds.observe(seconds))
         self.metrics = Metrics(lambda: (self.gate.waiting, self.gate.running, self.gate.draining))
         self.idempotency = Idempotency(store, self.metrics, self.gate.retry_after_seconds)
+        self.job_limits = JobLimits(per_key=config.max_jobs_per_key, total=config.max_queued_jobs,
+                                    retention_s=config.job_retention_s)
 
     # -- credits ---------------------------------------------------------------------------------
 
@@ -150,14 +164,19 @@ class OutpaintService:
             return {}
         return {"x-remaining-credits": str(await asyncio.to_thread(self.store.balance, call.key_id))}
 
-    async def reserve(self, call: Call, request_id: str, job: Job) -> None:
-        """Take the whole price of `job` (price x its outpaints) at once, before any compute."""
+    async def reserve(self, call: Call, request_id: str, job: Job, queued: NewJob | None = None) -> None:
+        """Take the whole price of `job` (price x its outpaints) at once, before any compute; with
+        `queued`, store that job in the same transaction (server/jobs.py)."""
         if self.store is None or call.key_id is None:
             return
         price = self.config.price * job.outpaints
         try:
-            call.reservation = await asyncio.to_thread(self.store.reserve, call.key_id, price, request_id,
-                                                       claim=call.idempotency)
+            if queued is None:
+                call.reservation = await asyncio.to_thread(self.store.reserve, call.key_id, price, request_id,
+                                                           claim=call.idempotency)
+            else:
+                call.reservation = await asyncio.to_thread(self.store.submit_job, call.key_id, price, queued,
+                                                           self.job_limits, claim=call.idempotency)
         except IdempotencyOutcome as outcome:  # the key's first request finished or started meanwhile
             raise self.idempotency.answer(outcome) from None
         except KeyRevoked:
@@ -203,18 +222,21 @@ class OutpaintService:
     # -- the request -----------------------------------------------------------------------------
 
     async def outpaint(self, request: Request, api_key: str | None) -> Response:
-        return await self.serve(request, api_key, self._single)
+        return await self.serve(request, api_key, self.single)
 
-    async def serve(self, request: Request, api_key: str | None, prepare: Prepare, *, fingerprint_scope: bytes = b""
-                    ) -> Response:
+    async def serve(self, request: Request, api_key: str | None, prepare: Prepare, *, fingerprint_scope: bytes = b"",
+                    submitter: Submitter | None = None) -> Response:
         """One request of a generating route, whose own part is `prepare`. `fingerprint_scope` is mixed
         into the Idempotency-Key fingerprint, so a key reused with the same body on another route is
-        a 422, not a replay of the other route's answer (empty: the blocking route's fingerprints)."""
+        a 422, not a replay of the other route's answer (empty: the blocking route's fingerprints).
+        With a `submitter` the checked request is handed to it instead of run (the job routes)."""
         call = Call(arrived=time.monotonic())
         request_id = request.state.request_id
         try:
-            return await self._serve(request, api_key, call, request_id, prepare, fingerprint_scope)
+            return await self._serve(request, api_key, call, request_id, prepare, fingerprint_scope, submitter)
         except Replay as replay:
+            if submitter is not None:
+                return await submitter.replay(replay, call)
             return replay.response(await self.credit_headers(call))
         except ApiError as err:
             await self.refund(call, f"http_{err.status}")
@@ -233,7 +255,7 @@ class OutpaintService:
 
     async def _serve(
         self, request: Request, api_key: str | None, call: Call, request_id: str, prepare: Prepare,
-        fingerprint_scope: bytes,
+        fingerprint_scope: bytes, submitter: Submitter | None,
     ) -> Response:
         config = self.config
         await self.authenticate(api_key, call)
@@ -263,9 +285,12 @@ class OutpaintService:
                 source = await asyncio.to_thread(decode_image, raw_image, max_pixels=config.max_image_pixels)
                 job = prepare(fields, outpaint_request, source)
             except InvalidRequest as exc:
-                raise _from_invalid(exc) from None
-            del fields, raw_image
+                raise from_invalid(exc) from None
+            del fields
             self.check_feasible(job.request)
+            if submitter is not None:
+                return await submitter.submit(call, request_id, job, raw_image)
+            del raw_image
             await self.reserve(call, request_id, job)
             # A chain of outpaints gets the time limit once per outpaint (its queue wait counted once).
             limit_s = config.timeout_s * job.outpaints
@@ -286,12 +311,12 @@ class OutpaintService:
         return ChargedImage(delivery.body, headers, lambda: self.settle(ticket, reservation), watcher,
                             delivery.media_type)
 
-    def _single(self, _fields: dict[str, Any], outpaint_request: OutpaintRequest, source: SourceImage) -> Job:
+    def single(self, _fields: dict[str, Any], outpaint_request: OutpaintRequest, source: SourceImage) -> Job:
         """The blocking route: one outpaint, its JPEG."""
 
         async def run(ticket: Ticket) -> Delivery:
             started = time.perf_counter()
-            result, jpeg = await self.gate.run(source, outpaint_request, ticket, self._encode)
+            result, jpeg = await self.gate.run(source, outpaint_request, ticket, self.encode)
             self.metrics.generation_seconds.observe(time.perf_counter() - started)
             headers = {"x-seed": str(result.seed), **seam_header(result.seam), **warning_headers(result.warnings)}
             return Delivery(jpeg, ChargedImage.media_type, headers)
@@ -311,9 +336,9 @@ class OutpaintService:
             raise ApiError(503, "the server is shutting down and stopped this generation; nothing was charged",
                            headers={"retry-after": "5"}) from None
         except InvalidRequest as exc:
-            raise _from_invalid(exc) from None
+            raise from_invalid(exc) from None
 
-    def _encode(self, result: OutpaintResult) -> bytes:
+    def encode(self, result: OutpaintResult) -> bytes:
         return jpeg_bytes(result.image, self.config.jpeg_quality)
 
     def _unavailable(self, message: str) -> ApiError:
@@ -342,7 +367,7 @@ def warning_headers(warnings: list[str]) -> dict[str, str]:
     return {"x-warnings": text.encode("latin-1", "backslashreplace").decode("latin-1")}
 
 
-def _from_invalid(exc: InvalidRequest) -> ApiError:
+def from_invalid(exc: InvalidRequest) -> ApiError:
     if isinstance(exc, InvalidImage) and exc.too_large:
         return ApiError(413, f"{exc.field}: {exc.message}", field=exc.field)
     return bad_request(exc.message, exc.field)
@@ -364,9 +389,12 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         if store is not None:  # renews the leases of our reservations, refunds expired ones of anyone
+            store.job_retention_s = config.job_retention_s
             store.keep_leases(config.timeout_s + LEASE_MARGIN_S,
                               on_refund=lambda n: service.metrics.refunds.labels("lease_expired").inc(n))
+            runner.start()  # claims queued jobs whenever a generation slot is free (server/jobs.py)
         yield
+        await runner.stop()
         service.gate.shutdown()
         if store is not None:
             store.close()
@@ -378,6 +406,7 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
     )
     app.state.service = service
     add_offline_docs(app)
+    add_playground(app)  # GET /: try the job routes in a browser
 
     @app.post(
         ROUTE,
@@ -407,6 +436,10 @@ def create_app(config: ServerConfig, pipeline: Outpainter, store: CreditStore | 
     from .sequences import register_sequence_routes  # it builds on this module
 
     register_sequence_routes(app, service)  # POST {ROUTE}/zoom and {ROUTE}/pan
+
+    from .jobs import register_job_routes  # it builds on this module
+
+    runner = register_job_routes(app, service)  # {ROUTE}/jobs..., GET /v1/user/balance
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from outpaint.engine import colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
@@ -173,11 +174,22 @@ def _add_sequence_limits(p, defaults: ServerConfig) -> None:
     p.add_argument("--max-video-pixels", type=int, default=defaults.max_video_pixels,
                    help=f"frames x width x height of one zoom video (default {defaults.max_video_pixels}: "
                         "the frames are held in memory until encoded)")
+    # The asynchronous jobs (server/jobs.py), the same on both too.
+    p.add_argument("--max-jobs-per-key", type=int, default=defaults.max_jobs_per_key,
+                   help=f"queued + running jobs one API key may have; more get 429 "
+                        f"(default {defaults.max_jobs_per_key})")
+    p.add_argument("--max-queued-jobs", type=int, default=defaults.max_queued_jobs,
+                   help=f"queued + running jobs in the whole store; more get 503 (default {defaults.max_queued_jobs})")
+    p.add_argument("--job-retention-s", type=float, default=defaults.job_retention_s,
+                   help=f"seconds a finished job's status and result are kept, then deleted "
+                        f"(default {defaults.job_retention_s:g})")
 
 
-def _sequence_limits(args) -> dict[str, int]:
+def _sequence_limits(args) -> dict[str, Any]:
     return {"max_zoom_steps": args.max_zoom_steps, "max_pan_width": args.max_pan_width,
-            "max_pan_outpaints": args.max_pan_outpaints, "max_video_pixels": args.max_video_pixels}
+            "max_pan_outpaints": args.max_pan_outpaints, "max_video_pixels": args.max_video_pixels,
+            "max_jobs_per_key": args.max_jobs_per_key, "max_queued_jobs": args.max_queued_jobs,
+            "job_retention_s": args.job_retention_s}
 
 
 DB_HELP = "credits store: an SQLite file or a postgresql://user@host/db URL"

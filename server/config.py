@@ -48,6 +48,12 @@ class ServerConfig:
     # Frames x pixels of one zoom video: Pillow holds every frame (4 bytes a pixel) until it encodes, so
     # this bounds a zoom's memory (~400 MiB at the default: 385 frames of 512x512, or 100 of 1024x1024).
     max_video_pixels: int = 100 * MIB
+    # Asynchronous jobs (server/jobs.py): unfinished (queued + running) jobs per API key and in the whole
+    # store (each holds its source image in the store until it runs), and how long a finished job's
+    # status and result are kept.
+    max_jobs_per_key: int = 4
+    max_queued_jobs: int = 64
+    job_retention_s: float = 3600.0
 
     def problems(self) -> list[str]:
         """What is wrong with this configuration, as messages naming the flag (empty when fine)."""
@@ -85,6 +91,11 @@ class ServerConfig:
         if self.max_video_pixels < 256 * 256 * 2:
             found.append(f"--max-video-pixels must be >= {256 * 256 * 2} (two frames of the smallest canvas), "
                          f"got {self.max_video_pixels}")
+        if self.max_jobs_per_key < 1 or self.max_queued_jobs < 1:
+            found.append(f"--max-jobs-per-key and --max-queued-jobs must be >= 1, got {self.max_jobs_per_key} "
+                         f"and {self.max_queued_jobs}")
+        if self.job_retention_s <= 0:
+            found.append(f"--job-retention-s must be > 0 seconds, got {self.job_retention_s}")
         if not 0 <= self.port <= 65535:
             found.append(f"--port must be 0 to 65535, got {self.port}")
         return found

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import idempotency_store as idem
+from .jobs_store import OWNER_PREFIX, JobsMixin
 from .owners import is_certainly_dead, is_this_process, this_process
 from .sql import Tx
 
@@ -114,7 +115,7 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-class LeasedCreditStore(ABC):
+class LeasedCreditStore(JobsMixin, ABC):
     """The store's logic over a database the subclass connects to. Thread-safe as long as `_tx` and
     `_read` give each thread its own connection."""
 
@@ -148,6 +149,10 @@ class LeasedCreditStore(ABC):
     @abstractmethod
     def _lock_idempotency(self, tx: Tx) -> None:
         """Serialise the transactions that evict or purge stored responses (the bounds are global)."""
+
+    @abstractmethod
+    def _lock_jobs(self, tx: Tx) -> None:
+        """Serialise job submits (jobs_store.py: the bounds on unfinished jobs)."""
 
     def close(self) -> None:
         self.stop_leases()
@@ -353,7 +358,8 @@ class LeasedCreditStore(ABC):
     def refund_orphans(self, *, report_waiting: bool = True) -> int:
         """Refund the open reservations that nobody can settle any more; returns how many.
 
-        That is every reservation this process does not hold whose lease expired, or whose
+        A job's reservation (owner `job:<id>`) is not considered: its job settles it (jobs_store.py).
+        Otherwise that is every reservation this process does not hold whose lease expired, or whose
         holder is certainly dead (owners.py), or that names this process as holder without being
         held (its charge failed to commit). With `report_waiting`, the open reservations of other
         holders still within their lease are logged: they are refunded when it expires, unless
@@ -362,7 +368,9 @@ class LeasedCreditStore(ABC):
         """
         now = time.time()
         with self._read() as conn:
-            rows = conn.execute("SELECT request_id, owner, expires_at FROM reservations").fetchall()
+            # A job's reservation is settled by its job (jobs_store.py, sweep_jobs), never by a lease.
+            rows = conn.execute("SELECT request_id, owner, expires_at FROM reservations WHERE owner NOT LIKE ?",
+                                (OWNER_PREFIX + "%",)).fetchall()
         # Read after the rows: a reservation is held before it commits, so every one of ours that the
         # read saw is in here unless it was settled since (then the refund below finds nothing).
         held = _holding()
@@ -418,7 +426,9 @@ class LeasedCreditStore(ABC):
         while not self._stop_keeper.wait(interval):
             try:
                 self.renew_leases()
+                self.renew_job_leases()
                 refunded = self.refund_orphans(report_waiting=False)
+                self.sweep_jobs()
                 if refunded and on_refund is not None:
                     on_refund(refunded)
             except Exception:

@@ -30,10 +30,11 @@ from psycopg_pool import ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
 from . import idempotency_store as idem
+from . import jobs_store
 from .credits import CreditError, LeasedCreditStore
 from .sql import Tx
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[n] turns version n - 1 into version n (version 0: an empty database).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -64,10 +65,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX charges_key ON charges(key_id)",
         *idem.POSTGRES_SCHEMA,
     ),
+    2: jobs_store.POSTGRES_SCHEMA,  # asynchronous jobs (jobs_store.py)
 }
 # pg_advisory_xact_lock(LOCKS, n): "outp" in ASCII, then what the lock serialises.
 LOCKS = 0x6F757470
-MIGRATION_LOCK, IDEMPOTENCY_LOCK = 1, 2
+MIGRATION_LOCK, IDEMPOTENCY_LOCK, JOBS_LOCK = 1, 2, 3
 DEFAULT_POOL_SIZE = 10
 IDLE_IN_TRANSACTION_S = 10
 # The pool retries a failed connection after 1, 2, 4, 8 ... s: after a 40 s outage of the database
@@ -133,6 +135,10 @@ class _Pool(ConnectionPool):
 class PostgresCreditStore(LeasedCreditStore):
     """Thread-safe: each call borrows a connection from the pool for its transaction."""
 
+    # A replica claiming a queued job skips the rows another replica is claiming (jobs_store.py).
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
+    _for_update = " FOR UPDATE"
+
     def __init__(
         self, url: str, *, idempotency: idem.Limits | None = None, pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout_s: float = 10.0, busy_timeout_s: float = 30.0,
@@ -196,3 +202,6 @@ class PostgresCreditStore(LeasedCreditStore):
 
     def _lock_idempotency(self, tx: Tx) -> None:
         tx.execute(f"SELECT pg_advisory_xact_lock({LOCKS}, {IDEMPOTENCY_LOCK})")
+
+    def _lock_jobs(self, tx: Tx) -> None:
+        tx.execute(f"SELECT pg_advisory_xact_lock({LOCKS}, {JOBS_LOCK})")

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import idempotency_store as idem
+from . import jobs_store
 from .credits import DEFAULT_LEASE_S, CreditError, LeasedCreditStore
 from .sql import Tx
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 1, as it was created (a new file is created as version 1 and migrated like an old one).
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -57,6 +58,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             END""",
         *idem.SCHEMA,
     ),
+    3: jobs_store.SCHEMA,  # asynchronous jobs (jobs_store.py)
 }
 
 
@@ -145,6 +147,9 @@ class SqliteCreditStore(LeasedCreditStore):
         pass
 
     def _lock_idempotency(self, tx: Tx) -> None:
+        pass
+
+    def _lock_jobs(self, tx: Tx) -> None:
         pass
 
     def _close_connections(self) -> None:

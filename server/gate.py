@@ -135,15 +135,17 @@ class Gate:
         self.admitted -= 1
 
     async def run(
-        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
+        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any],
+        on_step: Callable[[StepEvent], None] | None = None,
     ) -> tuple[OutpaintResult, Any]:
         """Generate in a worker thread (the caller has admitted it); returns (result, encode(result)).
+        `on_step` is called in the worker after every step that goes on (a job's progress, server/jobs.py).
 
         The caller must `release()` afterwards. If this coroutine is cancelled, the worker is told to
         stop and is awaited before the cancellation propagates, so a slot is never freed while a
         generation still occupies a worker.
         """
-        return await self._in_worker(ticket, self._generate, source, request, ticket, encode)
+        return await self._in_worker(ticket, self._generate, source, request, ticket, encode, on_step)
 
     async def run_sequence(self, work: Callable[[Outpainter, Ticket], R], outpaints: int, ticket: Ticket) -> R:
         """Run `work(pipeline, ticket)` in a worker: a chain of exactly `outpaints` generations (a zoom,
@@ -189,7 +191,8 @@ class Gate:
         ticket.check(steps_left * event.seconds if steps_left else None)
 
     def _generate(
-        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any]
+        self, source: SourceImage, request: OutpaintRequest, ticket: Ticket, encode: Callable[[OutpaintResult], Any],
+        on_step: Callable[[StepEvent], None] | None = None,
     ) -> tuple[OutpaintResult, Any]:
         with self._running(ticket):
             generator = self.pipeline.generate(source, request)
@@ -197,6 +200,8 @@ class Gate:
                 for item in generator:
                     if isinstance(item, StepEvent):
                         self._step(item, request, ticket)
+                        if on_step is not None:
+                            on_step(item)
                     elif isinstance(item, OutpaintResult):
                         encoded = encode(item)
                         assert ticket.started is not None

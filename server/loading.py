@@ -61,4 +61,7 @@ def open_serving_store(config: ServerConfig) -> CreditStore | None:
     refunded = store.refund_orphans()
     if refunded:
         log.warning("refunded %d reservations left open by a process that stopped mid-request", refunded)
+    # Jobs a dead process was running go back to the queue (or fail, refunded) now; queued ones wait.
+    store.job_retention_s = config.job_retention_s
+    store.sweep_jobs()
     return store

@@ -15,15 +15,18 @@ from typing import Protocol
 
 from .credits import CreditError, KeyInfo, Reservation
 from .idempotency_store import Claim, Limits
+from .jobs_store import ClaimedJob, JobLimits, JobRow, NewJob
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class CreditStore(Protocol):
-    """API keys, balances, reservations with leases, and the Idempotency-Key records (credits.py)."""
+    """API keys, balances, reservations with leases, the Idempotency-Key records (credits.py) and the
+    asynchronous jobs (jobs_store.py)."""
 
     where: str  # the file or the URL without its password, for messages
     lease_s: float  # of new reservations
+    job_retention_s: float  # of the jobs the sweep fails
 
     def close(self) -> None: ...
 
@@ -67,6 +70,32 @@ class CreditStore(Protocol):
     def check_idempotency(self, key_id: int, claim: Claim) -> None: ...
 
     def store_response(self, request_id: str, headers: dict[str, str], body: bytes) -> bool: ...
+
+    def submit_job(self, key_id: int, amount: int, job: NewJob, limits: JobLimits, *,
+                   claim: Claim | None = None) -> Reservation | None: ...
+
+    def get_job(self, job_id: str, key_id: int | None, *, with_preview: bool = False,
+                with_result: bool = False) -> JobRow | None: ...
+
+    def list_jobs(self) -> list[JobRow]: ...
+
+    def claim_job(self, lease_s: float | None = None) -> ClaimedJob | None: ...
+
+    def job_progress(self, job_id: str, step: int, steps: int, preview: bytes | None,
+                     preview_size: tuple[int, int] | None, lease_s: float | None = None) -> bool: ...
+
+    def finish_job(self, job_id: str, jpeg: bytes, seam_score: float | None, warnings: list[str],
+                   retention_s: float, replay: tuple[dict[str, str], bytes] | None = None) -> int | None: ...
+
+    def fail_job(self, job_id: str, error: str, status: int, retention_s: float) -> bool: ...
+
+    def requeue_job(self, job_id: str) -> bool: ...
+
+    def cancel_job(self, job_id: str, key_id: int, retention_s: float) -> tuple[str, JobRow] | None: ...
+
+    def renew_job_leases(self, lease_s: float | None = None) -> int: ...
+
+    def sweep_jobs(self) -> tuple[int, int, int]: ...
 
 
 def is_postgres(db: str | Path) -> bool:

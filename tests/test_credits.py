@@ -20,7 +20,7 @@ import pytest
 
 from outpaint.server import owners
 from outpaint.server.credits import CreditError, KeyRevoked, hash_key, this_process
-from outpaint.server.credits_sqlite import SqliteCreditStore
+from outpaint.server.credits_sqlite import SCHEMA_VERSION, SqliteCreditStore
 from outpaint.server.idempotency_store import AlreadyDone, Claim, InProgress, KeyReused, Limits
 from outpaint.server.owners import identity
 
@@ -364,11 +364,11 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     store = SqliteCreditStore(path)
     try:
         raw = sqlite3.connect(path)
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = [row[1] for row in raw.execute("PRAGMA table_info(reservations)")]
         assert "expires_at" in columns
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"idempotency_keys", "idempotency_responses"} <= tables
+        assert {"idempotency_keys", "idempotency_responses", "jobs"} <= tables
         raw.close()
         assert store.authenticate(key) == 1 and store.balance(1) == 7
         assert store.list_keys()[0].images_charged == 1
@@ -402,7 +402,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
 def test_a_database_of_a_newer_schema_is_refused(backend):
     backend.open().close()
     if backend.name == "sqlite":
-        backend.query("PRAGMA user_version = 3")
+        backend.query(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     else:
         backend.query("UPDATE schema_version SET version = version + 1")
     with pytest.raises(CreditError, match="newer outpaint"):

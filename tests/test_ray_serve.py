@@ -107,6 +107,8 @@ def _battery(key: str, broke_key: str) -> list[tuple[str, str, dict]]:
         ("an unknown key", "post", {"json": cheap_body(), "headers": {"x-api-key": "op-" + "x" * 43}}),
         ("no credits", "post", {"json": cheap_body(), "headers": {"x-api-key": broke_key}}),
         ("an unknown path", "get", {"url": "/v1/sd2-outpaint"}),
+        ("the playground page", "get", {"url": "/"}),  # server/playground.py: every replica serves it
+        ("the playground's script", "get", {"url": "/playground/playground.js"}),
         ("a wrong method", "get", {}),
         ("a body over the limit", "post", {"json": cheap_body(padding="x" * (2 * 1024 * 1024)),
                                            "headers": {"x-api-key": key}}),
