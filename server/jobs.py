@@ -281,7 +281,12 @@ class JobRunner:
                 if gate.draining or gate.admitted >= gate.concurrency:
                     await self._sleep(BUSY_POLL_S)
                     continue
-                gate.admit()  # the slot first: a blocking request arriving meanwhile queues behind it
+                if not await asyncio.to_thread(store.has_queued_job):  # looking holds no slot
+                    await self._sleep(IDLE_POLL_S)
+                    continue
+                if gate.draining or gate.admitted >= gate.concurrency:
+                    continue
+                gate.admit()  # the slot before the claim: a blocking request arriving meanwhile queues behind it
                 try:
                     claimed = await asyncio.to_thread(store.claim_job)
                 except BaseException:
