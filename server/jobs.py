@@ -281,11 +281,18 @@ class JobRunner:
                 if gate.draining or gate.admitted >= gate.concurrency:
                     await self._sleep(BUSY_POLL_S)
                     continue
-                gate.admit()  # the slot first: a blocking request arriving meanwhile queues behind it
+                if not await asyncio.to_thread(store.has_queued_job):  # looking holds no slot
+                    await self._sleep(IDLE_POLL_S)
+                    continue
+                if gate.draining or gate.admitted >= gate.concurrency:
+                    continue
+                gate.admit()  # the slot before the claim: a blocking request arriving meanwhile queues behind it
+                claiming = asyncio.ensure_future(asyncio.to_thread(store.claim_job))
                 try:
-                    claimed = await asyncio.to_thread(store.claim_job)
+                    claimed = await asyncio.shield(claiming)
                 except BaseException:
                     gate.release()
+                    await self._give_back(claiming)
                     raise
                 if claimed is None:
                     gate.release()
@@ -299,6 +306,16 @@ class JobRunner:
             except Exception:
                 log.exception("could not claim a job from %s", store.where)
                 await asyncio.sleep(IDLE_POLL_S)
+
+    async def _give_back(self, claiming: asyncio.Future) -> None:
+        """A claim the runner stopped waiting for (shutdown) may still commit: that job goes back to
+        the queue, its attempt not counted, rather than wait for the sweep to find its owner dead."""
+        store = self.service.store
+        assert store is not None
+        with contextlib.suppress(Exception):
+            late = await claiming
+            if late is not None:
+                await asyncio.to_thread(store.requeue_job, late.id)
 
     async def _run(self, claimed: ClaimedJob) -> None:
         """Run one claimed job in the slot admitted for it, and settle it."""

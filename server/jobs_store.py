@@ -274,11 +274,13 @@ class JobsMixin:
 
     # -- running ---------------------------------------------------------------------------------
 
+    def has_queued_job(self) -> bool:
+        """A plain read: an idle server's look for work takes no write lock (and no generation slot)."""
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
     def claim_job(self, lease_s: float | None = None) -> ClaimedJob | None:
         """Take the oldest queued job to run in this process, or None when none is queued."""
-        with self._read() as conn:  # a plain read first: an idle server's look takes no write lock
-            if conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is None:
-                return None
         now = time.time()
         lease = now + (self.lease_s if lease_s is None else lease_s)
         claimed = None

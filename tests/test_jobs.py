@@ -317,7 +317,7 @@ def test_a_job_running_when_its_server_is_killed_finishes_after_a_restart(databa
     key_id, key = store.create_key(5)
     args = ["--timeout", "120", "--log-level", "info"]
     server = start_server(tiny_model_dir, db=backend.db, log_path=tmp_path / "first.log", args=args)
-    slow = cheap_body(**SLOW, seed=9)
+    slow = cheap_body(strength=0.6, seed=9)  # 15 steps: killed after the first
     try:
         running = submit(server, slow, key).json()
         waiting = submit(server, cheap_body(seed=10), key).json()

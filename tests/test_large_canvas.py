@@ -88,6 +88,7 @@ def test_a_large_request_composes_at_native_size_then_refines(large_pipeline):
     # One numbering over both passes: 4 native-size steps, then the refine's 2 (strength 0.5 of 4).
     assert [e.index for e in events] == list(range(6))
     assert {e.total for e in events} == {6}
+    assert large_pipeline.planned_steps(request) == 6  # what a job's status shows as `steps` (server/jobs.py)
     assert len(result.step_seconds) == 6
     assert result.native_pass is not None and result.native_pass.image.shape == (256, 256, 3)
     assert result.image.shape == (384, 384, 3)
@@ -111,6 +112,7 @@ def test_refine_strength_zero_pastes_the_upscaled_composition_back(tiny_model_di
     request = make_request(img_width=384, img_height=384, offset_x=128, offset_y=128, num_inference_steps=3)
     events, result = _run(pipeline, request)
     assert [e.index for e in events] == [0, 1, 2]
+    assert pipeline.planned_steps(request) == 3
     assert result.native_pass is not None
     new = result.canvas.alpha == 0.0
     from outpaint.engine.large_canvas import upscale
