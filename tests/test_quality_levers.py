@@ -67,7 +67,8 @@ def test_verdicts_judge_psnr_seam_and_colour_against_the_reseed_spread():
             + _rows(RESEED, psnr + rng.normal(0, 2, n), seam + rng.normal(0, 0.3, n), de + rng.normal(0, 2, n))
             + _rows("outpaint-fast", psnr - 0.2, seam + 0.01, de + 0.1)
             + _rows("outpaint-fast:off:5:0", psnr - 3.0, seam + 1.0, de + 5.0))
-    fast = SimpleNamespace(pipeline=SimpleNamespace(options=FastPathOptions(), backend="openvino-bf16"))
+    fast = SimpleNamespace(pipeline=SimpleNamespace(options=FastPathOptions(window_margin=7, feature_cache_interval=3),
+                                                    backend="openvino-bf16"))
     cheap_options = FastPathOptions(window_margin=None, feature_cache_interval=5)
     cheap = SimpleNamespace(pipeline=SimpleNamespace(options=cheap_options, backend="openvino-bf16"))
     bar = fast_path_verdicts(rows, {"outpaint-ort-cpu": None, "outpaint-fast": fast, "outpaint-fast:off:5:0": cheap})
