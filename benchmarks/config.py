@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from outpaint.engine.fast_path import FastPathOptions
+
+_FAST_DEFAULTS = FastPathOptions()  # the engine's defaults are the one source of outpaint-fast's
+
 # Systems: ours start with "outpaint", peers with their framework's name (results.json contract).
 OURS = ("outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-openvino-bf16", "outpaint-fast")
 PEERS = ("diffusers-torch-fp32", "openvino-fp32", "openvino-bf16")
@@ -37,10 +41,10 @@ class FastSettings:
     # None: the fastest precision this CPU runs natively (engine/cpu_features.py), chosen when the run starts.
     backend: str | None = None
     # Off: the region decode measured 21-24 dB against the full decode on this model (docs/benchmarks.md).
-    decode_margin: int | None = None
-    window_margin: int | None = 7
-    unguided_tail_steps: int = 0  # FastPathOptions' default; 2 = the steps below sigma 0.28 at 25 DDIM steps
-    feature_cache_interval: int = 3  # whole UNet every 3rd call, shallow path between; 1 = off
+    decode_margin: int | None = _FAST_DEFAULTS.decode_margin
+    window_margin: int | None = _FAST_DEFAULTS.window_margin
+    unguided_tail_steps: int = _FAST_DEFAULTS.unguided_tail_steps  # 2 = the steps below sigma 0.28 at 25 DDIM steps
+    feature_cache_interval: int = _FAST_DEFAULTS.feature_cache_interval  # whole UNet every k-th call; 1 = off
 
 
 @dataclass(frozen=True)

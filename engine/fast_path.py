@@ -110,6 +110,27 @@ def unguided_timesteps(options: FastPathOptions, plan: Plan) -> frozenset[float]
     return frozenset(float(t) for t in plan.timesteps[plan.num_steps - tail:]) if tail else frozenset()
 
 
+@dataclass(frozen=True)
+class UNetCalls:
+    """What one request's loop runs through the levers, by kind of call: `whole` (the whole UNet,
+    `unet_deep` with caching on) and `shallow` (`unet_shallow` on a cached feature); `unguided` of
+    all those run at batch 1 (the unguided tail). A cost model's inputs: a shallow call costs about a
+    quarter of a whole one, a batch-1 call about half of a guided one (docs/benchmarks.md)."""
+
+    whole: int
+    shallow: int
+    unguided: int
+
+
+def unet_calls(options: FastPathOptions, calls: int, guided: bool = True) -> UNetCalls:
+    """The kinds of `calls` UNet calls (one per step for DDIM and the other single-call schedulers) that
+    `feature_cached_unet` and the unguided tail make: the same rule, counted without running it. A
+    batch-2 feature serves the batch-1 tail, so the tail never forces a whole call."""
+    tail = calls if not guided else min(options.unguided_tail_steps, calls)
+    whole = len(range(0, calls, options.feature_cache_interval))
+    return UNetCalls(whole=whole, shallow=calls - whole, unguided=tail)
+
+
 def windowed_unet(unet: UNetFn, window: Box) -> UNetFn:
     """Run `unet` on the latent window only; eps is 0 outside it (the blend overwrites those cells)."""
     ys, xs = window.slices

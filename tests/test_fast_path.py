@@ -9,7 +9,7 @@ import pytest
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine.canvas import SourceImage
-from outpaint.engine.fast_path import EXACT, FastPathOptions, feature_cached_unet, unet_window
+from outpaint.engine.fast_path import EXACT, FastPathOptions, feature_cached_unet, unet_calls, unet_window
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
@@ -153,3 +153,25 @@ def test_levers_on_the_host_loop_refuse_a_forced_device_loop(tiny_model_dir):
     with pytest.raises(InvalidRequest, match="device_loop"):
         OutpaintPipeline.load(tiny_model_dir, "ort-cpu", device_loop=True, options=FastPathOptions())
     assert OutpaintPipeline.load(tiny_model_dir, "ort-cpu", options=FastPathOptions()).device_runtime is None
+
+
+@pytest.mark.parametrize("interval,tail", [(1, 0), (2, 0), (3, 0), (3, 2), (4, 2), (5, 0), (5, 3), (7, 25)])
+def test_unet_calls_counts_what_the_cache_and_the_tail_run(interval, tail):
+    kinds: list[tuple[str, int]] = []
+
+    def deep(feeds):
+        kinds.append(("whole", feeds["sample"].shape[0]))
+        return {"out_sample": feeds["sample"], "deep_feature": np.zeros((2, 1, 2, 2), np.float32)}
+
+    def shallow(feeds):
+        kinds.append(("shallow", feeds["sample"].shape[0]))
+        return {"out_sample": feeds["sample"]}
+
+    unet = feature_cached_unet(deep, shallow, interval)
+    steps = 25
+    for k in range(steps):
+        unet({"sample": np.zeros((1 if k >= steps - tail else 2, 1, 2, 2), np.float32)})
+    counted = unet_calls(FastPathOptions(feature_cache_interval=interval, unguided_tail_steps=tail), steps)
+    assert counted.whole == sum(kind == "whole" for kind, _ in kinds)
+    assert counted.shallow == sum(kind == "shallow" for kind, _ in kinds)
+    assert counted.unguided == sum(batch == 1 for _, batch in kinds)

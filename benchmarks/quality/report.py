@@ -25,6 +25,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Made by `{result['command']}` on {result['machine'].get('cpu', 'this machine')}; "
         f"weights `{result['weights']}`; DDIM, 25 steps, guidance 7.5, the pipeline's defaults otherwise. "
         "Held-out scenes only (docs/quality.md says what each score means).",
+        *(["", f"**Partial**: written after {result['partial']}; the run goes on (or was stopped)."]
+          if result.get("partial") else []),
         "",
         "PSNR and SSIM over the new area (higher is better); seam: gradient energy across the source's "
         f"edges over that beside them (the ground truth scores {result['truth_seam_mean']}; lower is "
@@ -43,15 +45,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_cell(t['ciede2000_band'], 2)} | {_cell(t['structure_ok'], 2)} | {_cell(t['seconds'], 2)} |")
     bar = result.get("fast_path_bar")
     if bar:
-        lines += ["", "## The fast path against the full path's own spread", "",
-                  f"Reseeding the full path (`outpaint-ort-cpu` with the next seed) moves an image's new-area PSNR "
-                  f"by {bar['reseed_mean_abs_db']} dB on average (std {bar['reseed_std_db']} dB over {bar['n']} "
-                  f"images); the bar is two standard errors of that mean: **{bar['bar_db']} dB**. A fast-path "
-                  "setting whose mean PSNR drop against the full path on the same seeds is within it cannot be "
-                  "told from drawing other noise.", "",
-                  "| setting | mean PSNR drop dB | within the bar |", "|---|---:|---|"]
-        for name, v in bar["fast"].items():
-            lines.append(f"| {name} | {v['mean_psnr_drop_db']:.3f} | {'yes' if v['within_bar'] else 'no'} |")
+        lines += _fast_path_section(bar, result["rows"])
     lines += ["", "## Per case", "", "| case | system | n | PSNR dB | SSIM | seam | ΔE band | structure | s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:
@@ -61,6 +55,54 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_cell(c['seam'], 2)} | {_cell(c['ciede2000_band'], 2)} | {_cell(c['structure_ok'], 2)} | "
                          f"{_cell(c['seconds'], 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def _windows(rows: list[dict[str, Any]], system: str) -> str:
+    """The window's share of the canvas's latent cells per image, as the range over the cases."""
+    shares = sorted({1.0 if r["unet"]["window_cells"] is None else
+                     (r["unet"]["window_cells"][0] * r["unet"]["window_cells"][1])
+                     / (r["unet"]["canvas_cells"][0] * r["unet"]["canvas_cells"][1])
+                     for r in rows if r["system"] == system and "unet" in r})
+    if not shares:
+        return ""
+    lo, hi = shares[0], shares[-1]
+    return f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+
+
+def _fast_path_section(bar: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## The fast path against the full path's own spread", "",
+             f"Reseeding the full path (`outpaint-ort-cpu` with the next seed) moves an image's new-area PSNR "
+             f"by {bar['reseed_mean_abs_db']} dB on average (std {bar['reseed_std_db']} dB over {bar['n']} "
+             f"images); the bar is two standard errors of that mean: **{bar['bar_db']} dB**. A fast-path "
+             "setting whose mean PSNR drop against the full path on the same seeds is within it cannot be "
+             "told from drawing other noise."]
+    if "seam_bar" not in bar:  # a result written before seam and ΔE were judged
+        lines += ["", "| setting | mean PSNR drop dB | within the bar |", "|---|---:|---|"]
+        for name, v in bar["fast"].items():
+            lines.append(f"| {name} | {v['mean_psnr_drop_db']:.3f} | {_yes(v['within_bar'])} |")
+        return lines
+    lines[-1] += (f" The same rule on the seam and the band's ΔE gives their bars (the reseed's spread of "
+                  f"each): seam **{bar['seam_bar']}**, ΔE **{bar['delta_e_bar']}**; a mean rise past them is "
+                  "materially worse.")
+    lines += ["", "UNet calls per image (25 DDIM steps): whole / shallow (feature cache) / of those unguided "
+              "(batch 1); window: the UNet window's share of the canvas's latent cells over these cases; "
+              "full-size: the window's latent columns and the whole outpaint's estimated seconds at the speed "
+              "benchmark's 512x512 request (source on the left half) in bf16 on 2 Zen 4 cores "
+              "(benchmarks/fast_cost.py: the lever probe's per-call costs).", "",
+              "| setting | backend | PSNR drop dB | within | seam rise | within | ΔE rise | within "
+              "| calls whole/shallow/unguided | window | full-size columns | full-size s |",
+              "|---|---|---:|---|---:|---|---:|---|---|---|---:|---:|"]
+    for name, v in bar["fast"].items():
+        f = v["full_size"]
+        lines.append(f"| {name} | {v['backend']} | {v['mean_psnr_drop_db']:.3f} | {_yes(v['within_bar'])} | "
+                     f"{v['mean_seam_rise']:+.3f} | {_yes(v['seam_within_bar'])} | {v['mean_delta_e_rise']:+.3f} | "
+                     f"{_yes(v['delta_e_within_bar'])} | {f['whole']}/{f['shallow']}/{f['unguided']} | "
+                     f"{_windows(rows, name)} | {f['window_columns']} | {f['total_s']:.1f} |")
+    return lines
 
 
 def contact_sheet(path: Path, sheet: dict[str, dict[str, np.ndarray]], systems: list[str]) -> None:

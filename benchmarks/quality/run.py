@@ -20,7 +20,7 @@ from .cases import CASES, Case
 from .metrics import seam_score
 from .report import contact_sheet, markdown
 from .score import score
-from .systems import ColourMatched, Diffusers, Fill, Ours, System
+from .systems import STEPS, ColourMatched, Diffusers, Fill, Ours, System
 
 DEFAULT_WEIGHTS = Path("weights/scenes")
 DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
@@ -28,7 +28,8 @@ DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weig
 SHEET_SYSTEMS = ("gray", "infill", "outpaint-ort-cpu", "outpaint-fast", "diffusers-inpaint")
 SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
 # Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread),
-# "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off") and
+# "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off"),
+# either with ":bf16" or ":fp32" (openvino-bf16 / openvino-fp32 instead of what `--fast` picks) and
 # "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu) and
 # "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced).
 RESEED = "outpaint-ort-cpu-reseed"
@@ -50,19 +51,33 @@ def large_canvas_variant(name: str):
                          f"e.g. {LARGE_PREFIX}0.5") from None
 
 
-def fast_options(name: str):
-    """FastPathOptions of "outpaint-fast" (the defaults) or "outpaint-fast:WINDOW:INTERVAL:TAIL"."""
+FAST_PRECISIONS = {"bf16": "openvino-bf16", "fp32": "openvino-fp32"}
+
+
+def fast_variant(name: str):
+    """(FastPathOptions, backend) of "outpaint-fast[:WINDOW:INTERVAL:TAIL][:PRECISION]": the defaults
+    without the three levers; the backend `--fast` picks on this CPU without a precision, else
+    openvino-bf16 (bf16) or openvino-fp32 (fp32)."""
+    from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_path import FastPathOptions
 
-    if name == "outpaint-fast":
-        return FastPathOptions()
+    fields = name.split(":")[1:]
+    backend = fast_backend().backend
+    if fields and fields[-1] in FAST_PRECISIONS:
+        backend = FAST_PRECISIONS[fields.pop()]
+    if name.split(":")[0] != "outpaint-fast" or len(fields) not in (0, 3):
+        raise ValueError(f"{name!r}: a fast-path variant is outpaint-fast[:WINDOW:INTERVAL:TAIL][:bf16|:fp32], "
+                         "e.g. outpaint-fast:7:3:0, outpaint-fast:off:1:2 or outpaint-fast:fp32")
+    if not fields:
+        return FastPathOptions(), backend
     try:
-        window, interval, tail = name.split(":")[1:]
-        return FastPathOptions(window_margin=None if window == "off" else int(window),
-                               feature_cache_interval=int(interval), unguided_tail_steps=int(tail))
+        window, interval, tail = fields
+        options = FastPathOptions(window_margin=None if window == "off" else int(window),
+                                  feature_cache_interval=int(interval), unguided_tail_steps=int(tail))
     except ValueError:
-        raise ValueError(f"{name!r}: a fast-path variant is outpaint-fast:WINDOW:INTERVAL:TAIL, "
-                         "e.g. outpaint-fast:7:3:0 or outpaint-fast:off:1:2") from None
+        raise ValueError(f"{name!r}: WINDOW is a number of latent cells or off, INTERVAL >= 1 and TAIL >= 0 "
+                         "are whole numbers, e.g. outpaint-fast:7:3:0") from None
+    return options, backend
 
 
 @dataclass
@@ -89,7 +104,6 @@ def ensure_exported(weights: Path, model: Path) -> Path:
 
 
 def build_systems(config: QualityConfig) -> list[System]:
-    from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_path import EXACT
     from outpaint.engine.pipeline import OutpaintPipeline
 
@@ -118,7 +132,8 @@ def build_systems(config: QualityConfig) -> list[System]:
         elif name == RESEED:
             systems.append(Ours(name, ours("ort-cpu"), seed_offset=1))
         elif name.startswith("outpaint-fast"):
-            systems.append(Ours(name, ours(fast_backend().backend, options=fast_options(name))))
+            options, backend = fast_variant(name)
+            systems.append(Ours(name, ours(backend, options=options)))
         elif name == "diffusers-inpaint":
             systems.append(Diffusers(config.weights))
         else:
@@ -136,31 +151,96 @@ def mean_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# The scores the fast path is judged on, each as (row key, +1 when higher is better else -1).
+JUDGED = {"psnr": ("psnr_db", 1), "seam": ("seam", -1), "delta_e": ("ciede2000_band", -1)}
+
+
+def paired_loss(rows: list[dict[str, Any]], system: str, key: str = "psnr_db", sign: int = 1,
+                reference: str = "outpaint-ort-cpu") -> list[float]:
+    """Per (case, seed) where both have the score: how much worse `system` is than the reference
+    (positive: worse), e.g. the reference's PSNR minus `system`'s, or `system`'s seam minus the reference's."""
+    ref = {(r["case"], r["seed"]): r[key] for r in rows if r["system"] == reference and r.get(key) is not None}
+    return [sign * (ref[(r["case"], r["seed"])] - r[key]) for r in rows
+            if r["system"] == system and r.get(key) is not None and (r["case"], r["seed"]) in ref]
+
+
 def paired_psnr_drop(rows: list[dict[str, Any]], system: str, reference: str = "outpaint-ort-cpu") -> list[float]:
     """Per (case, seed): the reference's new-area PSNR minus `system`'s (positive: `system` is worse)."""
-    ref = {(r["case"], r["seed"]): r["psnr_db"] for r in rows if r["system"] == reference}
-    return [ref[(r["case"], r["seed"])] - r["psnr_db"] for r in rows
-            if r["system"] == system and (r["case"], r["seed"]) in ref]
+    return paired_loss(rows, system, reference=reference)
 
 
-def fast_path_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[str, Any] | None:
-    """The bar the fast path must stay within, from the full path's own spread, and each fast variant's
-    drop against it. Reseeding the full path changes each image's PSNR by a spread whose mean over the
-    n scenes is known to within 2 standard errors (95 %); a lever whose mean drop is inside that is
-    indistinguishable from drawing other noise, which no user can tell from a quality loss either."""
-    spread = paired_psnr_drop(rows, RESEED)
-    if not spread:
+def unet_work(pipeline: Any, result: Any) -> dict[str, Any]:
+    """The UNet calls a fast-path image took (by the engine's own rules: unet_calls, unet_window) and the
+    latent window they ran on, against the canvas; with the same settings' full-size estimate."""
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.fast_path import unet_calls, unet_window
+
+    mask = cv.latent_mask(result.canvas.mask)
+    window = unet_window(pipeline.options, mask, pipeline.unet_in_channels)
+    calls = unet_calls(pipeline.options, STEPS)
+    return {"whole": calls.whole, "shallow": calls.shallow, "unguided": calls.unguided,
+            "canvas_cells": list(mask.shape[2:]),
+            "window_cells": None if window is None else [window.height, window.width]}
+
+
+def fast_path_verdicts(rows: list[dict[str, Any]], systems: dict[str, Any]) -> dict[str, Any] | None:
+    """The bars the fast path must stay within, from the full path's own spread, and each fast variant's
+    losses against them. Reseeding the full path changes each image's scores by a spread whose mean over
+    the n images is known to within 2 standard errors (95 %); a lever whose mean loss on a score is
+    inside that is indistinguishable from drawing other noise, which no user can tell from a quality
+    loss either. PSNR decides "within the bar"; seam and ΔE past theirs are "materially worse".
+    `systems`: name -> the system (a fast variant's pipeline says its options and backend)."""
+    from ..fast_cost import estimate_full_size
+
+    spreads = {score: paired_loss(rows, RESEED, key, sign) for score, (key, sign) in JUDGED.items()}
+    if len(spreads["psnr"]) < 2:  # no spread to measure yet
         return None
-    bar = 2 * float(np.std(spread, ddof=1)) / np.sqrt(len(spread))
+    bars = {score: 2 * float(np.std(v, ddof=1)) / np.sqrt(len(v)) for score, v in spreads.items()}
     verdicts = {}
-    for name in systems:
-        if name.startswith("outpaint-fast"):
-            drop = paired_psnr_drop(rows, name)
-            mean = float(np.mean(drop))
-            verdicts[name] = {"mean_psnr_drop_db": round(mean, 3), "n": len(drop), "within_bar": bool(mean <= bar)}
-    return {"reseed_mean_abs_db": round(float(np.mean(np.abs(spread))), 3),
-            "reseed_std_db": round(float(np.std(spread, ddof=1)), 3), "n": len(spread), "bar_db": round(bar, 3),
-            "fast": verdicts}
+    for name, system in systems.items():
+        if not name.startswith("outpaint-fast"):
+            continue
+        losses = {score: float(np.mean(paired_loss(rows, name, key, sign))) for score, (key, sign) in JUDGED.items()}
+        pipeline = system.pipeline
+        estimate = estimate_full_size(pipeline.options)
+        verdicts[name] = {
+            "backend": pipeline.backend, "n": len(paired_loss(rows, name)),
+            "mean_psnr_drop_db": round(losses["psnr"], 3), "within_bar": bool(losses["psnr"] <= bars["psnr"]),
+            "mean_seam_rise": round(losses["seam"], 3), "seam_within_bar": bool(losses["seam"] <= bars["seam"]),
+            "mean_delta_e_rise": round(losses["delta_e"], 3),
+            "delta_e_within_bar": bool(losses["delta_e"] <= bars["delta_e"]),
+            "full_size": vars(estimate),
+        }
+    return {"reseed_mean_abs_db": round(float(np.mean(np.abs(spreads["psnr"]))), 3),
+            "reseed_std_db": round(float(np.std(spreads["psnr"], ddof=1)), 3), "n": len(spreads["psnr"]),
+            "bar_db": round(bars["psnr"], 3), "seam_bar": round(bars["seam"], 3),
+            "delta_e_bar": round(bars["delta_e"], 3), "fast": verdicts}
+
+
+def quality_result(config: QualityConfig, systems: list[System], rows: list[dict[str, Any]],
+                   machine: dict[str, Any], done: int, planned: int) -> dict[str, Any]:
+    """The JSON of a run after `done` of its `planned` (case, scene) items; `partial` while short of them."""
+    summary: dict[str, Any] = {}
+    cases = [c for c in config.cases if any(r["case"] == c.name for r in rows)]
+    for system in systems:
+        mine = [r for r in rows if r["system"] == system.name]
+        summary[system.name] = {"total": mean_scores(mine),
+                                **{c.name: mean_scores([r for r in mine if r["case"] == c.name]) for c in cases}}
+    truth_seams = [r["truth_seam"] for r in rows if r["truth_seam"] is not None]
+    return {
+        "command": config.command,
+        "machine": machine,
+        "weights": str(config.weights),
+        "cases": [{"name": c.name, "canvas": f"{c.width}x{c.height}", "source": vars(c.source), "scale": c.scale,
+                   "view_height": c.view_height} for c in cases],
+        "settings": {"steps": 25, "scheduler": "DDIM", "guidance_scale": 7.5, "mask_expand": 8, "infill": "pushpull"},
+        **({"partial": f"{done} of {planned} scenes x cases"} if done < planned else {}),
+        "truth_seam_mean": round(float(np.mean(truth_seams)), 3) if truth_seams else None,
+        "summary": summary,
+        "fast_path_bar": fast_path_verdicts(rows, {s.name: s for s in systems}),
+        "rows": rows,
+        **config.extra,
+    }
 
 
 def run_quality(config: QualityConfig) -> dict[str, Any]:
@@ -171,6 +251,9 @@ def run_quality(config: QualityConfig) -> dict[str, Any]:
     sheet: dict[str, dict[str, np.ndarray]] = {}
     work = [(case, seed) for case in config.cases
             for seed in held_out_seeds(min(case.scenes, config.scenes or case.scenes))]
+    machine = describe_machine()
+    for path in (config.out_json, config.out_markdown, config.out_sheet):
+        path.parent.mkdir(parents=True, exist_ok=True)
     for case, seed in tqdm(work, desc="quality", unit="scene"):
         scene = scene_from_seed(seed)
         truth, source = case.truth(scene), case.source_image(scene)
@@ -182,29 +265,15 @@ def run_quality(config: QualityConfig) -> dict[str, Any]:
             rows.append({"case": case.name, "seed": seed, "kind": type(scene).__name__.lower(),
                          "system": system.name, "seconds": round(seconds, 3) if system.generative else None,
                          "truth_seam": truth_seam, **score(case, scene, image, truth)})
+            if system.name.startswith("outpaint-fast") and isinstance(system, Ours):
+                rows[-1]["unet"] = unet_work(system.pipeline, system.last)
             if seed == held_out_seeds(1)[0]:
                 sheet.setdefault(case.name, {"truth": truth})[system.name] = image
-    summary: dict[str, Any] = {}
-    for system in systems:
-        mine = [r for r in rows if r["system"] == system.name]
-        summary[system.name] = {"total": mean_scores(mine),
-                                **{c.name: mean_scores([r for r in mine if r["case"] == c.name]) for c in config.cases}}
-    truth_seams = [r["truth_seam"] for r in rows if r["truth_seam"] is not None]
-    result = {
-        "command": config.command,
-        "machine": describe_machine(),
-        "weights": str(config.weights),
-        "cases": [{"name": c.name, "canvas": f"{c.width}x{c.height}", "source": vars(c.source), "scale": c.scale,
-                   "view_height": c.view_height} for c in config.cases],
-        "settings": {"steps": 25, "scheduler": "DDIM", "guidance_scale": 7.5, "mask_expand": 8, "infill": "pushpull"},
-        "truth_seam_mean": round(float(np.mean(truth_seams)), 3) if truth_seams else None,
-        "summary": summary,
-        "fast_path_bar": fast_path_verdicts(rows, [s.name for s in systems]),
-        "rows": rows,
-        **config.extra,
-    }
-    for path in (config.out_json, config.out_markdown, config.out_sheet):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # After every scene, so a run stopped early (or killed) keeps what it measured.
+        result = quality_result(config, systems, rows, machine, done=len(rows) // len(systems), planned=len(work))
+        config.out_json.write_text(json.dumps(result, indent=1) + "\n")
+        config.out_markdown.write_text(markdown(result))
+    result = quality_result(config, systems, rows, machine, done=len(work), planned=len(work))
     config.out_json.write_text(json.dumps(result, indent=1) + "\n")
     config.out_markdown.write_text(markdown(result))
     shown = [s.name for s in systems if s.name in SHEET_SYSTEMS or s.name.startswith(LARGE_PREFIX)]
