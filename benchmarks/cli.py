@@ -9,7 +9,7 @@ from pathlib import Path
 
 from outpaint.engine.backends.registry import BACKENDS
 
-from .config import SYSTEMS, WHOLE_DEFAULT, BenchConfig, FastSettings
+from .config import ON_REQUEST, SYSTEMS, WHOLE_DEFAULT, BenchConfig, FastSettings
 from .quality.cli import add_quality_args, cmd_quality
 
 TINY_DEFAULTS = {"unet_canvases": ("256x256", "384x256"), "outpaint_canvas": "256x256"}
@@ -39,7 +39,8 @@ def add_bench(sub) -> None:
                    "default ~/.cache/outpaint/random-SIZE")
     p.add_argument("--out", type=Path, help=f"JSON results file (default {DEFAULT_OUT['full']}; "
                    f"with --size tiny {DEFAULT_OUT['tiny']}, so a smoke run never overwrites the committed one)")
-    p.add_argument("--systems", type=_names, default=SYSTEMS, help=f"comma-separated, of {','.join(SYSTEMS)}")
+    p.add_argument("--systems", type=_names, default=SYSTEMS,
+                   help=f"comma-separated, of {','.join(SYSTEMS)} (the default: all) and {','.join(ON_REQUEST)}")
     p.add_argument("--whole-systems", type=_names, default=WHOLE_DEFAULT,
                    help="systems that also run the whole outpaint (the most expensive row)")
     p.add_argument("--large-systems", type=_names, default=SYSTEMS,

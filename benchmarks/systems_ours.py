@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from outpaint.core.graphs import ENCODER_HIDDEN_STATES, SAMPLE, UNET, UNET_DEEP, UNET_SHALLOW
 
-from .config import BenchConfig
+from .config import FAST_SYSTEMS, BenchConfig
 from .recorder import Recorder
 from .timing import NO_CANVAS
 from .workload import (
@@ -52,7 +53,9 @@ def _load(system: str, config: BenchConfig):
     # The same computation as the peers at every canvas: the large-canvas strategy (a different, cheaper
     # computation past the native size) and the colour match (a post-process diffusers lacks) are judged
     # by the quality benchmark, not timed against diffusers.
-    if system == "outpaint-fast":
+    if system in FAST_SYSTEMS:
+        if system == "outpaint-fast-static":  # this worker process runs this system only
+            os.environ["OUTPAINT_OV_SHAPES"] = "static"
         fast = config.fast
         options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
                                   unguided_tail_steps=fast.unguided_tail_steps,
@@ -108,7 +111,7 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
         eps = rec.measure(name, at, lambda: denoise(feeds[SAMPLE][:1], UNET_TIMESTEP), runs=config.runs_for(at))
         rec.save(f"{name}_{at}", eps)
 
-    if system == "outpaint-fast":
+    if system in FAST_SYSTEMS:
         _fast_stages(pipe, config, rec)
     else:
         rec.measure("text_encoder", NO_CANVAS, lambda: pipe.encode_text(PROMPT, NEGATIVE_PROMPT), runs=config.runs)
@@ -119,7 +122,7 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
             unet_step("unet_step", canvas, pipe.graphs[UNET].run)
     if system in config.whole_systems:
         _whole_outpaint(pipe, config, rec)
-    if system != "outpaint-fast":
+    if system not in FAST_SYSTEMS:
         for at in config.unet_canvases_for(system):
             if at != canvas:
                 unet_step("unet_step", at, pipe.graphs[UNET].run)
