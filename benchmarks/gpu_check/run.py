@@ -111,7 +111,7 @@ def worker_part(part: str, seconds: float, settings_path: Path, workdir: Path) -
                             str(out_dir)], seconds)
     result_file = out_dir / "result.json"
     if finished.exit_code is None:
-        return {"status": "timed_out", "reason": f"did not finish within its {seconds:.0f} s budget",
+        return {"status": "timed_out", "reason": f"did not finish within its {seconds:g} s budget",
                 "output_tail": finished.tail()}
     if not result_file.is_file():
         how = f"killed by signal {-finished.exit_code}" if finished.exit_code < 0 else f"exit {finished.exit_code}"
@@ -131,7 +131,7 @@ def build_tensorrt(settings: CheckSettings, seconds: float) -> dict[str, Any]:
     entry: dict[str, Any] = {"command": "outpaint " + " ".join(command[3:]), "seconds": finished.seconds}
     if finished.exit_code is None:
         return {**entry, "status": "timed_out", "reason": (
-            f"the engine build did not finish within its {seconds:.0f} s budget; run `{entry['command']}` once "
+            f"the engine build did not finish within its {seconds:g} s budget; run `{entry['command']}` once "
             "(engines are kept in the model folder), then the check again with --model")}
     if finished.exit_code != 0:
         return {**entry, "status": "error", "reason": f"exit {finished.exit_code}: {finished.tail(4)}"}
@@ -145,7 +145,7 @@ def export_model(settings: CheckSettings, seconds: float) -> dict[str, Any]:
     entry: dict[str, Any] = {"dir": settings.model_dir, "export_s": finished.seconds}
     if finished.exit_code is None:
         return {**entry, "status": "timed_out", "reason": (
-            f"the export did not finish within its {seconds:.0f} s budget; the finished graphs are kept: run "
+            f"the export did not finish within its {seconds:g} s budget; the finished graphs are kept: run "
             f"`outpaint export {settings.model_dir} --random full --no-feature-cache` to finish it, then the check "
             f"again with --model {settings.model_dir}")}
     if finished.exit_code != 0:
@@ -171,8 +171,9 @@ def compare_with_reference(reference: dict[str, Any], name: str, entry: dict[str
 
 def run_check(settings: CheckSettings, out_json: Path, command: str, budget_s: float = DEFAULT_BUDGET_S,
               run_tests: bool = True, backends: tuple[str, ...] = (*OUR_GPU_BACKENDS, DIFFUSERS),
-              say: Callable[[str], None] = print) -> dict[str, Any]:
-    gpu = find_gpu()  # NoGpu before anything is exported or started
+              say: Callable[[str], None] = print, gpu: Gpu | None = None) -> dict[str, Any]:
+    """The whole check; `gpu` skips the search for one (the tests' CPU-side runs describe it themselves)."""
+    gpu = gpu or find_gpu()  # NoGpu before anything is exported or started
     budget = Budget(budget_s)
     started = time.time()
     providers = ort_providers()
