@@ -140,13 +140,13 @@ def build_tensorrt(settings: CheckSettings, seconds: float) -> dict[str, Any]:
 
 def export_model(settings: CheckSettings, seconds: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "outpaint.cli", "export", settings.model_dir, "--random", "full", "--seed", "0",
-               "--no-feature-cache"]
+               "--no-feature-cache", "--no-attention-twins"]
     finished = run_bounded(command, seconds)
     entry: dict[str, Any] = {"dir": settings.model_dir, "export_s": finished.seconds}
     if finished.exit_code is None:
         return {**entry, "status": "timed_out", "reason": (
             f"the export did not finish within its {seconds:g} s budget; the finished graphs are kept: run "
-            f"`outpaint export {settings.model_dir} --random full --no-feature-cache` to finish it, then the check "
+            f"`outpaint export {settings.model_dir} --random full --no-feature-cache --no-attention-twins` to finish it, then the check "
             f"again with --model {settings.model_dir}")}
     if finished.exit_code != 0:
         return {**entry, "status": "error", "reason": f"exit {finished.exit_code}: {finished.tail(4)}"}

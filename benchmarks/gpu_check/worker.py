@@ -81,11 +81,14 @@ def our_gpu_backend(backend: str, settings: CheckSettings, out_dir: Path) -> dic
     second = pipeline(source, request)
     second_s = time.perf_counter() - started
     steps = log.seconds().get(STEP_STAGE, [])
+    unet = pipeline.graphs["unet"]
+    unet_file = getattr(getattr(unet, "inner", unet), "path", None)  # ONNX Runtime's: plain or fused attention
     if not steps:
         raise RuntimeError("no denoising step was timed: the device loop did not run")
     repeat = int(np.abs(first.image.astype(np.int16) - second.image.astype(np.int16)).max())
     return {"load_s": round(load_s, 1), "first_request_s": round(first_s, 2), "second_request_s": round(second_s, 2),
             "repeat_max_abs_diff": repeat, **_save_image(out_dir, first),
+            "unet_graph": str(Path(unet_file).relative_to(settings.model_dir)) if unet_file else None,
             "step": summarize(steps, f"{clock}; one sample per step of the second request (the first warms up)")}
 
 
