@@ -146,8 +146,8 @@ def export_model(settings: CheckSettings, seconds: float) -> dict[str, Any]:
     if finished.exit_code is None:
         return {**entry, "status": "timed_out", "reason": (
             f"the export did not finish within its {seconds:g} s budget; the finished graphs are kept: run "
-            f"`outpaint export {settings.model_dir} --random full --no-feature-cache --no-attention-twins` to finish it, then the check "
-            f"again with --model {settings.model_dir}")}
+            f"`outpaint export {settings.model_dir} --random full --no-feature-cache --no-attention-twins` to "
+            f"finish it, then the check again with --model {settings.model_dir}")}
     if finished.exit_code != 0:
         return {**entry, "status": "error", "reason": f"exit {finished.exit_code}: {finished.tail(4)}"}
     return {**entry, "status": "ok"}
