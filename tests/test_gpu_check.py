@@ -331,7 +331,7 @@ def test_not_gpu():
 
 
 def _sample_suite(tmp_path: Path, body: str) -> Path:
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -q\nmarkers =\n    gpu: needs a GPU\n")
     (tmp_path / "test_sample.py").write_text(body)
     return tmp_path
 
@@ -344,6 +344,9 @@ def test_the_gpu_tests_run_in_pytest_and_their_summary_is_read(tmp_path):
     assert result.failures == ["test_sample.py::test_fails"]
     assert "1 failed, 1 passed, 1 skipped, 1 deselected" in result.summary
     assert "no tensorrt here" in result.tail  # -rs: the skip reasons are kept
+    # Quieter still (-qq) pytest prints no closing line: the counts come from its JUnit XML.
+    quiet = run_pytest(suite, "gpu", timeout_s=60, cwd=suite, extra=("-q",))
+    assert quiet.counts == {"passed": 1, "failed": 1, "skipped": 1} and "JUnit" in quiet.summary
 
 
 def test_a_pytest_run_past_its_time_is_killed_and_says_so(tmp_path):

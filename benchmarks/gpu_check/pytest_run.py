@@ -53,6 +53,19 @@ def parse_counts(output: str) -> tuple[dict[str, int], str]:
     return {}, ""
 
 
+def junit_counts(junit_xml: Path) -> dict[str, int]:
+    """The counts from the JUnit XML, for a run too quiet to print its closing line (-qq)."""
+    if not junit_xml.is_file():
+        return {}
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in ET.parse(junit_xml).getroot().iter("testsuite"):
+        for key in totals:
+            totals[key] += int(suite.get(key, 0))
+    counts = {"passed": totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"],
+              "failed": totals["failures"], "errors": totals["errors"], "skipped": totals["skipped"]}
+    return {key: value for key, value in counts.items() if value}
+
+
 def parse_failures(junit_xml: Path) -> list[str]:
     if not junit_xml.is_file():
         return []
@@ -79,11 +92,15 @@ def outcome_of(exit_code: int | None, counts: dict[str, int]) -> str:
 def run_pytest(tests: Path, marker: str, timeout_s: float, cwd: Path, extra: tuple[str, ...] = ()) -> PytestResult:
     with tempfile.TemporaryDirectory(prefix="outpaint-pytest-") as tmp:
         junit = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", str(tests), "-m", marker, "-q", "-rfEs", "-p", "no:cacheprovider",
+        # No -q of its own: the project's addopts has one, and -qq drops the closing line.
+        command = [sys.executable, "-m", "pytest", str(tests), "-m", marker, "-rfEs", "-p", "no:cacheprovider",
                    f"--junitxml={junit}", *extra]
         finished = run_bounded(command, timeout_s, cwd)
         output, exit_code = finished.output, finished.exit_code
         counts, summary = parse_counts(output or "")
+        if not counts and junit_counts(junit):
+            counts = junit_counts(junit)
+            summary = ", ".join(f"{value} {key}" for key, value in counts.items()) + " (from the JUnit XML)"
         result = PytestResult(
             outcome=outcome_of(exit_code, counts), exit_code=exit_code, counts=counts, summary=summary,
             failures=parse_failures(junit), seconds=finished.seconds, command=" ".join(command[1:]),
