@@ -23,7 +23,7 @@ import numpy as np
 
 from ..workload import psnr_db
 
-PRECISION = {"ort-cpu": "fp32", "ort-cuda": "fp32 (TF32 on Ampere and newer)", "ort-trt": "fp16", "tensorrt": "fp16"}
+PRECISION = {"ort-cpu": "fp32", "ort-cuda": "fp32/TF32", "ort-trt": "fp16", "tensorrt": "fp16"}
 
 
 @dataclass(frozen=True)

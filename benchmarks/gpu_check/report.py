@@ -80,10 +80,10 @@ def summary(report: dict[str, Any]) -> str:
         status = entry.get("status", "?")
         reason = entry.get("reason")
         if status in ("passed", "failed", "ok"):
-            lines.append(f"  {name:<15} {entry.get('precision', ''):<10.10} {status:<12} {_image_cell(entry):<40} "
+            lines.append(f"  {name:<15} {entry.get('precision', ''):<10} {status:<12} {_image_cell(entry):<40} "
                          f"{_step_cell(entry)}")
         else:
-            lines.append(f"  {name:<15} {entry.get('precision', ''):<10.10} {status:<12} {reason or ''}")
+            lines.append(f"  {name:<15} {entry.get('precision', ''):<10} {status:<12} {reason or ''}")
     for name, ratio in report.get("speedups", {}).items():
         lines.append(f"  {name} guided step: {ratio:.2f}x diffusers fp16's")
     tests = report.get("pytest", {})
