@@ -29,7 +29,8 @@ OUT=${OUT:-$PWD/out/gpu-visit}
 LIMIT_S=${GPU_CHECK_LIMIT_S:-540}    # the whole visit: installs, copy, check
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}  # the check's own budget (the 8 minutes)
 MODEL=${GPU_CHECK_MODEL:-/tmp/outpaint-gpu-check-model}  # kept on a warm machine: a re-run reuses it
-SITE=/tmp/outpaint-site
+SITE=${GPU_VISIT_SITE:-/tmp/outpaint-site}     # where the wheels are installed (--target)
+CLEAN=${GPU_VISIT_CLEAN:-/tmp/outpaint-clean}  # the clean copy the check runs from
 
 prepare() {
   mkdir -p "$WHEELS"
@@ -61,7 +62,7 @@ prepare() {
 
 install_wheels() {
   [ -d "$WHEELS" ] || { echo "no $WHEELS/: using the image's packages as they are"; return 0; }
-  local joined=/tmp/outpaint-wheels
+  local joined=$SITE.wheels
   rm -rf "$joined" && mkdir -p "$joined"
   find "$WHEELS" -type f -name '*.whl' -exec cp {} "$joined"/ \;
   # Every wheel cut in parts (NAME.whl.part-aa, -ab, ... in any numbered folder), joined in order.
@@ -84,10 +85,10 @@ install_wheels() {
 }
 
 clean_copy() {
-  local clean=/tmp/outpaint-clean
+  local clean=$CLEAN
   rm -rf "$clean" && mkdir -p "$clean"
   if git rev-parse --git-dir >/dev/null 2>&1; then
-    git ls-files -z | tar --null -T - -c | tar -x -C "$clean"
+    git ls-files -z --cached --others --exclude-standard | tar --null -T - -c | tar -x -C "$clean"
   else
     tar --exclude="./$WHEELS" --exclude=./.venv --exclude=./out --exclude=./models --exclude='*.onnx' \
       --exclude='*.onnx.data' --exclude=__pycache__ -c . | tar -x -C "$clean"

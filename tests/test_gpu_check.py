@@ -482,3 +482,56 @@ def test_the_summary_shows_numbers_and_the_pass_line():
     assert "ort-cuda guided step: 1.25x diffusers fp16's" in text
     assert "pytest -m gpu: passed: 12 passed in 40.0s" in text
     assert text.splitlines()[-1] == "PASS: every backend that could run passed"
+
+
+# -- the prepared visit script -------------------------------------------------------------------
+
+
+def _wheel(path: Path) -> Path:
+    """A minimal pure-Python wheel pip installs (the package `visitprobe`)."""
+    import zipfile
+
+    wheel = path / "visitprobe-1.0-py3-none-any.whl"
+    files = {"visitprobe/__init__.py": "VALUE = 42\n",
+             "visitprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: visitprobe\nVersion: 1.0\n",
+             "visitprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                               "Tag: py3-none-any\n"}
+    record = "visitprobe-1.0.dist-info/RECORD"
+    files[record] = "".join(f"{name},,\n" for name in [*files, record])
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text * (400 if name.endswith("__init__.py") else 1))
+    return wheel
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine would run the whole check")
+def test_the_visit_script_joins_wheel_parts_installs_them_and_runs_the_check(tmp_path):
+    wheels = tmp_path / ".whl"
+    wheel = _wheel(tmp_path)
+    data = wheel.read_bytes()
+    third = len(data) // 3 + 1
+    for index, suffix in enumerate(("aa", "ab", "ac")):  # as `split -b` names them, one per folder
+        folder = wheels / str(index + 1)
+        folder.mkdir(parents=True)
+        (folder / f"{wheel.name}.part-{suffix}").write_bytes(data[index * third:(index + 1) * third])
+    wheel.unlink()
+    env = dict(os.environ, WHEELS=str(wheels), OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+               GPU_VISIT_SITE=str(tmp_path / "site"), GPU_VISIT_CLEAN=str(tmp_path / "clean"))
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_visit.sh"), "check"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr  # the check's own exit: no GPU here
+    assert (tmp_path / "site" / "visitprobe" / "__init__.py").read_text().startswith("VALUE = 42")
+    log = (tmp_path / "out" / "gpu-check.log").read_text()
+    assert "no NVIDIA GPU here" in log
+    assert (tmp_path / "out" / "machine.txt").is_file()
+    assert (tmp_path / "clean" / "benchmarks" / "gpu_check" / "run.py").is_file()  # it ran from the copy
+    assert not (tmp_path / "clean" / ".venv").exists()
+
+    # A part still to carry: that wheel is left out, with the reason, and the check still runs.
+    shutil.rmtree(wheels / "2")
+    shutil.rmtree(tmp_path / "site")
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_visit.sh"), "check"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 2
+    assert f"{wheel.name}: its 2 parts do not make a whole wheel" in done.stdout
+    assert not (tmp_path / "site" / "visitprobe").exists()
