@@ -180,7 +180,7 @@ def run_check(settings: CheckSettings, out_json: Path, command: str, budget_s: f
     model_dir = Path(settings.model_dir)
     need_export = not model_ready(model_dir)
     data: dict[str, Any] = {
-        "schema": SCHEMA_NAME, "command": command,
+        "schema": reporting.SCHEMA, "command": command,
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "finished": False, "budget_s": budget_s, "machine": machine(gpu), "versions": package_versions(),
         "onnxruntime_providers": providers, "settings": json.loads(settings.to_json()),
@@ -237,8 +237,6 @@ def run_check(settings: CheckSettings, out_json: Path, command: str, budget_s: f
         write()
     return data
 
-
-SCHEMA_NAME = reporting.SCHEMA
 
 
 def _run_part(name: str, allotment: Allotment, settings: CheckSettings, settings_path: Path, workdir: Path,
