@@ -10,6 +10,7 @@ from pathlib import Path
 from outpaint.engine.backends.registry import BACKENDS
 
 from .config import ON_REQUEST, SYSTEMS, WHOLE_DEFAULT, BenchConfig, FastSettings
+from .gpu_check.cli import add_gpu_check_args, cmd_gpu_check
 from .quality.cli import add_quality_args, cmd_quality
 
 TINY_DEFAULTS = {"unet_canvases": ("256x256", "384x256"), "outpaint_canvas": "256x256"}
@@ -68,6 +69,7 @@ def add_bench(sub) -> None:
                    help="before starting, wait until the 1-minute load average is below this")
     p.add_argument("--wait-max-s", type=float, default=600.0, help="longest wait for --wait-load, seconds")
     add_quality_args(p)
+    add_gpu_check_args(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -102,6 +104,8 @@ def cmd_bench(args) -> int:
     from .run import run_benchmark, wait_for_quiet
 
     command = "outpaint " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("outpaint") else shlex.join(sys.argv)
+    if args.gpu_check:
+        return cmd_gpu_check(args, command)
     if args.quality:
         return cmd_quality(args, command)
     config = config_from_args(args)

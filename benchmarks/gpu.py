@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,15 @@ class EventLog:
 
     stream: Any
     pairs: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)
+    # The event type: cuda-python's by default; gpu_check/clock.py has PyTorch's and the host clock's.
+    new_event: Callable[[], Any] | None = None
 
     @contextmanager
     def stage(self, name: str):
         from outpaint.engine.backends import cuda
 
-        start, end = cuda.Event(), cuda.Event()
+        new_event = self.new_event or cuda.Event
+        start, end = new_event(), new_event()
         start.record(self.stream)
         try:
             yield
@@ -108,9 +112,10 @@ def backend_stream(pipeline) -> Any:
     return backend.stream if backend is not None else cuda.Stream(handle=0)
 
 
-def instrument(pipeline) -> EventLog:
-    """Wrap `pipeline`'s graphs and device loop (this instance only) to record CUDA events per stage."""
-    log = EventLog(backend_stream(pipeline))
+def instrument(pipeline, log: EventLog | None = None) -> EventLog:
+    """Wrap `pipeline`'s graphs and device loop (this instance only) to record events per stage in `log`
+    (default: CUDA events on the backend's stream)."""
+    log = log or EventLog(backend_stream(pipeline))
     for name, stage in GRAPH_STAGE.items():
         pipeline.graphs[name] = TimedGraph(pipeline.graphs[name], stage, log)
     if pipeline.device_runtime is not None:
@@ -166,7 +171,7 @@ def format_table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from outpaint.core.errors import OutpaintError
 
-    p = argparse.ArgumentParser(prog="python -m outpaint.benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m outpaint.benchmarks.gpu", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--backend", action="append", choices=("ort-cuda", "ort-trt", "tensorrt"),
                    help="repeat for several (default: all three)")

@@ -189,6 +189,7 @@ def export_components(
     progress: Callable[[str, str], None] | None = None,
     parity_canvas: tuple[int, int] = PARITY_CANVAS,
     feature_cache: bool = True,
+    attention_twins: bool = True,
 ) -> Manifest:
     """Export, check and record every graph of `components` into `out`.
 
@@ -197,6 +198,8 @@ def export_components(
     is deleted and the export raises.
     `progress(graph, status)` is told "exporting", "checking", "done" or "skipped" for each graph.
     `feature_cache` adds the UNet split for caching deep features across steps (feature_cache.py).
+    `attention_twins` adds the fused-attention twins ONNX Runtime's CPU and CUDA providers prefer
+    (attention.py); without them those providers run the plain graphs (slower attention, same result).
     """
     report = progress or (lambda graph, status: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +232,7 @@ def export_components(
 
         specs += feature_cache_specs(unet_in, hidden, feature_channels(components.unet.config))
     attention_owner = {name: components.vae if name.startswith("vae") else components.unet for name in ATTENTION_GRAPHS}
-    for spec in (*specs, *fused_attention_specs(specs)):
+    for spec in (*specs, *(fused_attention_specs(specs) if attention_twins else ())):
         path = out / spec.file
         done = manifest.graphs.get(spec.key)
         if done is not None:

@@ -19,10 +19,11 @@ def export_model(
     unet_in_channels: int = 4,
     config: Path | None = None,
     feature_cache: bool = True,
+    attention_twins: bool = True,
 ):
     from .onnx_export import export_components
 
-    graphs = (*GRAPHS, *FEATURE_CACHE_GRAPHS, *ATTENTION_GRAPHS)
+    graphs = (*GRAPHS, *FEATURE_CACHE_GRAPHS, *(ATTENTION_GRAPHS if attention_twins else ()))
     if not feature_cache:
         graphs = tuple(g for g in graphs if g not in FEATURE_CACHE_GRAPHS)
     with tqdm(total=len(graphs), desc="export", unit="graph") as bar:
@@ -43,4 +44,5 @@ def export_model(
                 if status in ("done", "skipped"):
                     bar.update(1)
 
-            return export_components(components, out, progress=progress, feature_cache=feature_cache)
+            return export_components(components, out, progress=progress, feature_cache=feature_cache,
+                                     attention_twins=attention_twins)

@@ -30,6 +30,9 @@ def _add_export(sub) -> None:
     p.add_argument("--config", type=Path, help="diffusers folder to read configs from (single-file sources)")
     p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
                    help="skip the UNet split the CPU fast path's feature caching needs (2 more UNet graphs)")
+    p.add_argument("--no-attention-twins", dest="attention_twins", action="store_false",
+                   help="skip the fused-attention twins ONNX Runtime's CPU/CUDA providers prefer (1 more UNet "
+                        "graph); those providers then run the plain graphs")
     p.set_defaults(func=_cmd_export)
 
 
@@ -39,7 +42,8 @@ def _cmd_export(args) -> int:
     if (args.source is None) == (args.random is None):
         raise SystemExit("outpaint export: give either SRC or --random tiny|full (not both)")
     export_model(args.source, args.out, random=args.random, seed=args.seed,
-                 unet_in_channels=9 if args.inpainting else 4, config=args.config, feature_cache=args.feature_cache)
+                 unet_in_channels=9 if args.inpainting else 4, config=args.config, feature_cache=args.feature_cache,
+                 attention_twins=args.attention_twins)
     print(f"exported to {args.out}")
     return 0
 

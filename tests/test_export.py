@@ -185,6 +185,23 @@ def test_export_without_feature_cache_skips_the_split(tiny_components, tmp_path)
                     "vae_decoder.mha"}
 
 
+def test_export_without_attention_twins_writes_only_the_four_graphs_and_loads(tiny_components, tmp_path):
+    """What `outpaint bench --gpu-check` exports to fit its time: ONNX Runtime then runs the plain graphs."""
+    from outpaint.core.manifest import Manifest
+    from outpaint.engine.backends.registry import ort_graph_file
+    from outpaint.engine.pipeline import OutpaintPipeline
+    from outpaint.export.onnx_export import export_components
+
+    statuses: list[tuple[str, str]] = []
+    export_components(tiny_components, tmp_path / "model", feature_cache=False, attention_twins=False,
+                      progress=lambda graph, status: statuses.append((graph, status)))
+    assert {graph for graph, status in statuses if status == "done"} == {
+        "text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    manifest = Manifest.load(tmp_path / "model")
+    assert ort_graph_file(manifest, "unet") == manifest.graphs["unet"].file
+    assert OutpaintPipeline.load(tmp_path / "model").graphs["unet"] is not None
+
+
 def test_single_file_checkpoint_loads_every_weight_exactly(tiny_components, tmp_path):
     """An original-layout (LDM) .safetensors of the tiny model, read through `outpaint export`'s own path."""
     from outpaint.export.sources import load_components
