@@ -189,7 +189,7 @@ class OvGraph:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self._declared, feeds)
         key = tuple((name, tuple(int(d) for d in feeds[name].shape)) for name in self.input_names)
-        contiguous = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        contiguous = {name: np.require(value, requirements="C") for name, value in feeds.items()}
         return self._compiled_for(key).infer(contiguous)
 
 
