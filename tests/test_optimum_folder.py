@@ -12,7 +12,6 @@ rounding boundary, amplified by the random-weight VAE decoder (measured: a few p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -31,19 +30,6 @@ from .conftest import make_request
 
 LATENT_REL_TOLERANCE = 1e-4
 IMAGE_PSNR_DB = 60.0
-
-
-@pytest.fixture(scope="session")
-def optimum_tiny_dir(tiny_components, tmp_path_factory) -> Path:
-    from outpaint.export.optimum_export import ensure_optimum_export, optimum_unavailable
-
-    problem = optimum_unavailable()
-    if problem is not None:
-        if os.environ.get("CI"):  # `make test` installs .venv-optimum: in CI its absence is a failure
-            pytest.fail(problem)
-        pytest.skip(problem)
-    out = tmp_path_factory.mktemp("optimum") / "tiny"
-    return ensure_optimum_export(lambda: tiny_components, tiny_components.fingerprint, out)
 
 
 @pytest.fixture
