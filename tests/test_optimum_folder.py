@@ -132,8 +132,17 @@ def test_outpaint_run_reads_the_folder(optimum_tiny_dir, tmp_path, png_256):
     image.write_bytes(png_256)
     out = tmp_path / "out.png"
     code = main(["run", "--model", str(optimum_tiny_dir), "--image", str(image), "--out", str(out),
-                 "--prompt", "a lighthouse", "--width", "384", "--height", "256", "--steps", "2", "--seed", "1"])
+                 "--prompt", "a lighthouse", "--width", "256", "--height", "256", "--steps", "25", "--seed", "1"])
     assert code == 0 and out.stat().st_size > 0
+
+
+def test_outpaint_serve_loads_the_folder_with_the_fast_path(optimum_tiny_dir):
+    from outpaint.server.config import ServerConfig
+    from outpaint.server.loading import load_pipeline
+
+    config, pipeline = load_pipeline(ServerConfig(model=optimum_tiny_dir, no_auth=True, fast=True, backend="ort-cpu"))
+    assert config.backend == "ort-cpu" and pipeline.manifest.layout == "optimum"
+    assert pipeline.options.window_margin is not None and pipeline.options.feature_cache_interval == 1
 
 
 def test_native_tensorrt_engines_are_refused_by_name(optimum_tiny_dir):
