@@ -137,7 +137,7 @@ def _bind(tensor: TensorSignature, channels: int | None = None) -> TensorBinding
     return TensorBinding(name=tensor.name, dtype=tensor.dtype, rank=len(tensor.shape), channels=channels)
 
 
-def _record(folder: Path, graph: str, signature: GraphSignature, bindings: dict[str, TensorBinding]) -> GraphRecord:
+def _record(graph: str, signature: GraphSignature, bindings: dict[str, TensorBinding]) -> GraphRecord:
     return GraphRecord(
         file=f"{graph}/model.onnx",
         inputs=[{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in signature.inputs],
@@ -251,13 +251,12 @@ def optimum_manifest(folder: Path) -> Manifest:
                  "`outpaint export` makes): the fast path runs here without feature caching")
 
     records = {
-        TEXT_ENCODER: _record(folder, TEXT_ENCODER, text,
-                              {INPUT_IDS: _bind(ids), LAST_HIDDEN_STATE: _bind(hidden_state)}),
-        UNET: _record(folder, UNET, unet, {SAMPLE: _bind(sample), TIMESTEP: _bind(timestep),
-                                           ENCODER_HIDDEN_STATES: _bind(context), OUT_SAMPLE: _bind(noise)}),
-        VAE_ENCODER: _record(folder, VAE_ENCODER, encoder,
+        TEXT_ENCODER: _record(TEXT_ENCODER, text, {INPUT_IDS: _bind(ids), LAST_HIDDEN_STATE: _bind(hidden_state)}),
+        UNET: _record(UNET, unet, {SAMPLE: _bind(sample), TIMESTEP: _bind(timestep),
+                                   ENCODER_HIDDEN_STATES: _bind(context), OUT_SAMPLE: _bind(noise)}),
+        VAE_ENCODER: _record(VAE_ENCODER, encoder,
                              {IMAGE: _bind(pixels), LATENT_MEAN: _bind(parameters, channels=LATENT_CHANNELS)}),
-        VAE_DECODER: _record(folder, VAE_DECODER, decoder, {LATENT: _bind(latent), IMAGE: _bind(image)}),
+        VAE_DECODER: _record(VAE_DECODER, decoder, {LATENT: _bind(latent), IMAGE: _bind(image)}),
     }
     files = [p for g in graphs for p in (folder / g).iterdir() if p.is_file() and p.name.startswith("model.onnx")]
     versions = {"diffusers (export)": str(index.get("_diffusers_version", "unknown"))}
