@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := $(VENV)/.installed
+# optimum (the `optimum-*` bench peer, the optimum-folder tests) lives in a virtualenv of its own: its
+# transformers and huggingface_hub cannot coexist with ours (constraints-optimum.txt says why).
+OPT_VENV ?= .venv-optimum
+OPT_STAMP := $(OPT_VENV)/.installed
 
 .PHONY: demo test lint bench-smoke clean
 
@@ -16,10 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e ".[export,dev]"
 	touch $@
 
+$(OPT_STAMP): constraints-optimum.txt
+	$(PYTHON) -m venv $(OPT_VENV)
+	$(OPT_VENV)/bin/python -m pip install --disable-pip-version-check -q -c constraints-optimum.txt torch==2.13.0
+	$(OPT_VENV)/bin/python -m pip install --disable-pip-version-check -q -c constraints-optimum.txt \
+		"optimum-onnx[onnxruntime]" diffusers transformers scipy pillow
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/outpaint demo
 
-test: $(STAMP)
+test: $(STAMP) $(OPT_STAMP)
 	-.ci/ensure-chromium  # the browser test skips without it (CI sets OUTPAINT_REQUIRE_BROWSER=1: fails)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright
@@ -30,4 +41,4 @@ lint: $(STAMP)
 	$(VENV)/bin/pyright
 
 clean:
-	rm -rf $(VENV) models out .pytest_cache
+	rm -rf $(VENV) $(OPT_VENV) models out .pytest_cache

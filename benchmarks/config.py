@@ -16,10 +16,13 @@ OURS = ("outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-openvino-bf16", 
 # when named.
 FAST_SYSTEMS = ("outpaint-fast", "outpaint-fast-static")
 ON_REQUEST = ("outpaint-fast-static",)
-PEERS = ("diffusers-torch-fp32", "openvino-fp32", "openvino-bf16")
+# optimum-ort-inpaint: optimum's ORTStableDiffusionInpaintPipeline on optimum's export of the same weights,
+# run in optimum's own virtualenv (benchmarks/systems_optimum.py).
+OPTIMUM = "optimum-ort-inpaint"
+PEERS = ("diffusers-torch-fp32", "openvino-fp32", "openvino-bf16", OPTIMUM)
 SYSTEMS = (*PEERS, *OURS)
 # The whole outpaint is the most expensive row; by default it runs for the reference systems only.
-WHOLE_DEFAULT = ("diffusers-torch-fp32", "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast")
+WHOLE_DEFAULT = ("diffusers-torch-fp32", OPTIMUM, "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast")
 REFERENCE_FP32 = "outpaint-ort-cpu"  # the image the fast path's PSNR is measured against
 # Systems that compute in bf16 whatever the CPU: skipped (not failed) where bf16 is not native, because
 # OpenVINO then emulates it (AVX-512 without BF16) or ignores the hint and runs fp32 (AVX2): either way

@@ -82,9 +82,51 @@ def choose_fast_backend(config: BenchConfig, features: CpuFeatures) -> tuple[Ben
     return replace(config, fast=replace(config.fast, backend=choice.backend)), fast
 
 
+def prepare_optimum_peer(model_dir: Path, size: str) -> tuple[str | None, str | None, list[str]]:
+    """Optimum's export of the seed-0 random weights in MODEL/optimum-peer/, made once (optimum's own
+    exporter in its own virtualenv) and reused. (skip reason, error, notes): a machine without optimum's
+    virtualenv skips the peer with the reason; an export that fails is that system's error."""
+    from outpaint.core.errors import ModelError
+    from outpaint.export.optimum_export import SOURCE_FILE, ensure_optimum_export, optimum_unavailable
+    from outpaint.export.random_models import build_random_components
+
+    from .systems_optimum import peer_folder
+
+    problem = optimum_unavailable()
+    if problem is not None:
+        return problem, None, []
+    folder = peer_folder(model_dir)
+    fingerprint = f"random:{size}:seed=0:in_channels=4"  # what ensure_model checked the graphs are
+    if not (folder / SOURCE_FILE).is_file():
+        print(f"exporting the random {size} model with optimum's exporter to {folder} (once; reused)", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="outpaint-optimum-tok-") as tmp:
+            ensure_optimum_export(lambda: build_random_components(size, seed=0, workdir=Path(tmp)), fingerprint,
+                                  folder)
+    except ModelError as exc:
+        return None, str(exc), []
+    record = json.loads((folder / SOURCE_FILE).read_text())
+    return None, None, [f"optimum export of the same weights: {folder} ({record['export_seconds']} s by optimum's "
+                        f"exporter, {record['diffusers_folder_seconds']} s to write the diffusers folder it read)"]
+
+
+def worker_python(system: str) -> tuple[str, dict[str, str]]:
+    """The interpreter a system's worker runs in, and the environment it adds: ours, or optimum's own
+    virtualenv with this source tree on its path (outpaint is not installed there)."""
+    if not system.startswith("optimum"):
+        return sys.executable, {}
+    import outpaint
+    from outpaint.export.optimum_export import optimum_python
+
+    root = str(Path(outpaint.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return str(optimum_python()), {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def _run_worker(system: str, config_path: Path, out: Path) -> tuple[dict[str, Any] | None, str | None]:
-    command = [sys.executable, "-m", "outpaint.benchmarks.worker", system, str(config_path), str(out)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    python, extra_env = worker_python(system)
+    command = [python, "-m", "outpaint.benchmarks.worker", system, str(config_path), str(out)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra_env)
     completed = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True, check=False)
     # The worker rewrites `out` after every row, so a worker that died keeps what it measured.
     partial = json.loads(out.read_text()) if out.is_file() else None
@@ -103,12 +145,19 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
     features = cpu_features()
     config, fast_path = choose_fast_backend(config, features)
     skipped = skipped_systems(config.systems, features)
+    errors: dict[str, str] = {}
+    peer_notes: dict[str, list[str]] = {}
+    for system in (s for s in config.systems if s.startswith("optimum")):
+        reason, error, peer_notes[system] = prepare_optimum_peer(model_dir, config.size)
+        if reason is not None:
+            skipped[system] = reason
+        if error is not None:
+            errors[system] = error
     machine = describe_machine()
     machine["load_average_start"] = load_average()
     rows: list[dict[str, Any]] = []
     images: dict[str, dict[str, str]] = {}
     notes: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
 
     def results(finished: bool) -> dict[str, Any]:
         quality = report.quality(images)
@@ -146,8 +195,9 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
             print(f"outpaint-fast on {fast_path['backend']} ({fast_path['precision']}): {fast_path['reason']}",
                   flush=True)
         for system in config.systems:
-            if system in skipped:
-                print(f"[{time.time() - started:6.0f} s] {system} skipped: {skipped[system]}", flush=True)
+            if system in skipped or system in errors:
+                why = f"skipped: {skipped[system]}" if system in skipped else f"failed: {errors[system]}"
+                print(f"[{time.time() - started:6.0f} s] {system} {why}", flush=True)
                 continue
             print(f"[{time.time() - started:6.0f} s] {system} (load average {load_average()[0]})", flush=True)
             result, error = _run_worker(system, config_path, workdir / f"{system}.json")
@@ -158,7 +208,7 @@ def run_benchmark(config: BenchConfig, out_json: Path | None, command: str) -> d
                 rows += result["rows"]
                 images[system] = result["artifacts"]
                 took = f"worker took {result['seconds']} s" if result["seconds"] is not None else "worker died"
-                notes[system] = [*result["notes"], took]
+                notes[system] = [*peer_notes.get(system, []), *result["notes"], took]
             write(results(finished=False))
         final = results(finished=True)  # PSNRs need the images, which live in workdir
     write(final)

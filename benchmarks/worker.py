@@ -21,6 +21,8 @@ def run_system(system: str, config: BenchConfig, workdir: Path, out: Path | None
         from . import systems_diffusers as module  # type: ignore[no-redef]
     elif system.startswith("openvino"):
         from . import systems_openvino as module  # type: ignore[no-redef]
+    elif system.startswith("optimum"):
+        from . import systems_optimum as module  # type: ignore[no-redef]
     else:
         raise ValueError(f"no runner for system {system!r}")
     module.run(system, config, rec)

@@ -32,6 +32,20 @@ def describe_file(path: Path) -> FileRecord:
     return FileRecord(size=path.stat().st_size, sha256=digest.hexdigest())
 
 
+@dataclass(frozen=True)
+class TensorBinding:
+    """Where one of our tensors (core/graphs.py) is in a graph that names or shapes it otherwise.
+
+    Our exports need none: their graphs take and return our names. A folder someone else exported (an
+    optimum export, core/optimum_folder.py) gets one per tensor, and the runtime feeds and reads the
+    graph through them (engine/backends/bound.py)."""
+
+    name: str  # the graph's own name for the tensor
+    dtype: str  # the graph's dtype (numpy name): an input is cast to it, an output back to ours
+    rank: int  # the graph's rank: our (1,) timestep is fed as a scalar to a graph that takes one
+    channels: int | None = None  # an output: keep the first `channels` along axis 1 (a VAE's mean of mean, logvar)
+
+
 @dataclass
 class GraphRecord:
     file: str  # relative to the model folder
@@ -42,11 +56,16 @@ class GraphRecord:
     # model folder. None in manifests written before they were recorded: then only `file`'s presence
     # can be checked.
     files: dict[str, FileRecord] | None = None
+    # Our tensor name -> where it is in this graph, for a graph that does not use our names (an optimum
+    # export's); None for the graphs our export writes.
+    bindings: dict[str, TensorBinding] | None = None
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> GraphRecord:
         files = record.pop("files", None)
-        return cls(**record, files=None if files is None else {k: FileRecord(**v) for k, v in files.items()})
+        bindings = record.pop("bindings", None)
+        return cls(**record, files=None if files is None else {k: FileRecord(**v) for k, v in files.items()},
+                   bindings=None if bindings is None else {k: TensorBinding(**v) for k, v in bindings.items()})
 
     def problems(self, folder: Path, *, hashes: bool) -> list[str]:
         """What is wrong with this graph's files in `folder`: [] when they are as the export wrote them.
@@ -81,6 +100,11 @@ class Manifest:
     # px per side the UNet was trained at (its config's sample_size x 8): where the large-canvas
     # strategy starts (engine/large_canvas.py). Manifests written before this field are SD 1.5's 512.
     native_size: int = 512
+    # What a reader had to assume or leave out (an optimum folder's defaults, its missing graphs).
+    notes: list[str] = field(default_factory=list)
+    # "outpaint": a folder `outpaint export` wrote; "optimum": an optimum / Hugging Face ONNX export read
+    # in place (core/optimum_folder.py), whose manifest is built from its graphs at every load.
+    layout: str = "outpaint"
 
     def save(self, folder: Path) -> None:
         tmp = folder / (MANIFEST + ".tmp")
@@ -93,7 +117,8 @@ class Manifest:
         if not path.is_file():
             raise ModelError(
                 f"{folder} has no {MANIFEST}: it is not an exported outpaint model. "
-                f"Create one with `outpaint export SRC {folder}` (or `outpaint export --random tiny {folder}`)"
+                f"Create one with `outpaint export SRC {folder}` (or `outpaint export --random tiny {folder}`); "
+                "an optimum ONNX export folder (model_index.json, unet/model.onnx, ...) is read as it is"
             )
         try:
             data = json.loads(path.read_text())
@@ -129,3 +154,14 @@ class Manifest:
                 f"the model folder {folder} is damaged: {'; '.join(found)}. Re-export the damaged graphs "
                 f"(the intact ones are kept): {self.export_command(folder)}"
             )
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """A model folder's manifest: the one `outpaint export` wrote, or, for a folder without one that looks
+    like an optimum ONNX export, one built from its graphs (core/optimum_folder.py)."""
+    if not (folder / MANIFEST).is_file():
+        from .optimum_folder import is_optimum_folder, optimum_manifest  # it builds on this module
+
+        if is_optimum_folder(folder):
+            return optimum_manifest(folder)
+    return Manifest.load(folder)

@@ -39,7 +39,7 @@ from outpaint.core.graphs import (
     VAE_DECODER,
     VAE_ENCODER,
 )
-from outpaint.core.manifest import Manifest
+from outpaint.core.manifest import read_manifest
 
 from . import canvas as cv
 from .backends.registry import load_graphs
@@ -144,8 +144,15 @@ class OutpaintPipeline:
             )
         self.folder = folder
         self.backend = backend
+        self.manifest = read_manifest(folder)
+        for note in self.manifest.notes:
+            log.info("%s: %s", folder, note)
+        if self.manifest.layout == "optimum" and options.feature_cache_interval > 1:
+            # Its UNet is one graph; the split feature caching runs is made only by `outpaint export`.
+            log.warning("%s is an optimum export: the fast path runs without feature caching (every UNet call "
+                        "is the whole UNet); `outpaint export` of the same weights adds the UNet split", folder)
+            options = dataclasses.replace(options, feature_cache_interval=1)
         self.options = options
-        self.manifest = Manifest.load(folder)
         names = graphs_to_load(options, tuple(self.manifest.graphs), folder)
         missing = [g for g in names if g not in self.manifest.graphs]
         if missing:

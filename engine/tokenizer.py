@@ -17,6 +17,44 @@ from outpaint.core.geometry import TEXT_TOKENS
 _WHITESPACE_RUN = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{2,}")
 
 
+# CLIP's pre-tokenizer split (the `pat` of OpenAI's simple_tokenizer.py, as transformers' CLIPConverter writes it).
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _token(config: dict, key: str, default: str) -> str:
+    value = config.get(key) or default
+    return value["content"] if isinstance(value, dict) else value  # older configs store AddedToken dicts
+
+
+def clip_tokenizer_from_bpe_files(folder: Path, config: dict):
+    """The fast CLIP tokenizer built from the slow tokenizer's vocab.json and merges.txt (what optimum
+    exports and SD 1.5's own repository ship), exactly as transformers' CLIPConverter builds it: the
+    same normalizer, pre-tokenizer, BPE with the `</w>` word suffix and BOS/EOS post-processor, so the
+    ids equal those of a tokenizer.json made from the same files (tests/test_optimum_folder.py)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    bos = _token(config, "bos_token", "<|startoftext|>")
+    eos = _token(config, "eos_token", "<|endoftext|>")
+    unk = _token(config, "unk_token", "<|endoftext|>")
+    tokenizer = Tokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=unk,
+                                        continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False))
+    tokenizer.normalizer = normalizers.Sequence(  # type: ignore[assignment]  # the stubs lack the setters
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([  # type: ignore[assignment]
+        pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    bos_id, eos_id = tokenizer.token_to_id(bos), tokenizer.token_to_id(eos)
+    if bos_id is None or eos_id is None:
+        raise ModelError(f"{folder}/vocab.json lacks the BOS {bos!r} or EOS {eos!r} token of tokenizer_config.json")
+    tokenizer.post_processor = processors.RobertaProcessing(  # type: ignore[assignment]
+        (eos, eos_id), (bos, bos_id), trim_offsets=False, add_prefix_space=False)
+    tokenizer.add_special_tokens([bos, eos])
+    return tokenizer
+
+
 @dataclass(frozen=True)
 class Tokens:
     ids: np.ndarray  # (77,) int64, BOS ... EOS, padded
@@ -31,14 +69,17 @@ class ClipTokenizer:
         from tokenizers import Tokenizer
 
         path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise ModelError(f"{path} is missing; re-export the model")
-        self._tokenizer = Tokenizer.from_file(str(path))
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        if path.is_file():
+            self._tokenizer = Tokenizer.from_file(str(path))
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            self._tokenizer = clip_tokenizer_from_bpe_files(folder, config)  # an optimum export's tokenizer/
+        else:
+            raise ModelError(f"{path} is missing (and so are vocab.json + merges.txt beside it); re-export the model")
         # A saved tokenizer.json may carry the padding/truncation of its last call; we do our own.
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         pad_token = config.get("pad_token") or "<|endoftext|>"
         if isinstance(pad_token, dict):  # older configs store AddedToken dicts
             pad_token = pad_token["content"]

@@ -58,6 +58,29 @@ def tiny_model_dir(tiny_components, tmp_path_factory) -> Path:
     return out
 
 
+def optimum_problem() -> str | None:
+    """Why optimum's virtualenv cannot run here (export/optimum_export.py), or None. `make test` installs
+    it, so under CI its absence fails the tests that need it instead of skipping them."""
+    from outpaint.export.optimum_export import optimum_unavailable
+
+    problem = optimum_unavailable()
+    if problem is not None and os.environ.get("CI"):
+        pytest.fail(problem)
+    return problem
+
+
+@pytest.fixture(scope="session")
+def optimum_tiny_dir(tiny_components, tiny_model_dir) -> Path:
+    """optimum's own export of the tiny model's very modules, where `outpaint bench` keeps its optimum peer's
+    (MODEL/optimum-peer/), so the bench smoke run and the optimum-folder tests share one export."""
+    from outpaint.benchmarks.systems_optimum import peer_folder
+    from outpaint.export.optimum_export import ensure_optimum_export
+
+    if (problem := optimum_problem()) is not None:
+        pytest.skip(problem)
+    return ensure_optimum_export(lambda: tiny_components, tiny_components.fingerprint, peer_folder(tiny_model_dir))
+
+
 @pytest.fixture(scope="session")
 def tiny_inpainting_model_dir(tmp_path_factory) -> Path:
     """The tiny model with a 9-channel (inpainting) UNet, exported like any other."""

@@ -14,17 +14,22 @@ import re
 
 import pytest
 
-from outpaint.benchmarks.config import NEEDS_NATIVE_BF16, OURS, PEERS, BenchConfig
+from outpaint.benchmarks.config import NEEDS_NATIVE_BF16, OPTIMUM, OURS, PEERS, BenchConfig
 from outpaint.benchmarks.report import ratios, summary, targets
 from outpaint.benchmarks.timing import ROW_KEYS
 from outpaint.engine.cpu_features import cpu_features, fast_backend
+
+from .conftest import optimum_problem
 
 pytest.importorskip("openvino")
 pytest.importorskip("diffusers")
 
 CANVAS = re.compile(r"^\d+x\d+$")
 # The systems this CPU runs: all of them where bf16 is native, else all but the bf16 ones.
-RUNNABLE = {s for s in (*PEERS, *OURS) if cpu_features().native_bf16 or s not in NEEDS_NATIVE_BF16}
+# The optimum peer runs where optimum's virtualenv is (`make test` installs it; elsewhere it is skipped).
+OPTIMUM_PROBLEM = optimum_problem()
+RUNNABLE = {s for s in (*PEERS, *OURS) if (cpu_features().native_bf16 or s not in NEEDS_NATIVE_BF16)
+            and not (s == OPTIMUM and OPTIMUM_PROBLEM)}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def test_rows_follow_the_schema(results):
     assert results["rows"], "no rows"
     for row in results["rows"]:
         assert tuple(row) == ROW_KEYS
-        assert row["system"].startswith(("outpaint", "diffusers", "openvino"))
+        assert row["system"].startswith(("outpaint", "diffusers", "openvino", "optimum"))
         assert row["canvas"] == "-" or CANVAS.match(row["canvas"]), row
         assert 0 <= row["min_s"] <= row["median_s"] <= row["max_s"]
         assert isinstance(row["runs"], int) and row["runs"] >= 1
@@ -57,7 +62,8 @@ def test_every_system_measured_its_stages(results):
     assert {r["system"] for r in results["rows"]} == RUNNABLE
     for system in RUNNABLE - {"outpaint-fast"}:
         assert {(system, "unet_step"), (system, "vae_decode")} <= stages, system
-    for system in {"diffusers-torch-fp32", "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast"} & RUNNABLE:
+    for system in {"diffusers-torch-fp32", OPTIMUM, "outpaint-ort-cpu", "outpaint-openvino-bf16", "outpaint-fast"
+                   } & RUNNABLE:
         assert {(system, "outpaint_2_steps"), (system, "sampler_overhead_step")} <= stages, system
     assert {("outpaint-fast", "unet_step_window"), ("outpaint-fast", "vae_decode_region")} <= stages
 
@@ -66,7 +72,7 @@ def test_bf16_systems_are_skipped_with_the_reason_only_without_native_bf16(resul
     if cpu_features().native_bf16:
         assert results["skipped"] == {}
         return
-    assert set(results["skipped"]) == set(NEEDS_NATIVE_BF16)
+    assert set(results["skipped"]) - {OPTIMUM} == set(NEEDS_NATIVE_BF16)
     for system, reason in results["skipped"].items():
         assert "native bf16" in reason and cpu_features().bf16_source() in reason, (system, reason)
     # Skipped is not failed, and no bf16 row claims a measurement.
@@ -97,7 +103,7 @@ def test_machine_and_load_are_recorded(results):
 
 def test_all_systems_compute_the_same_unet(results):
     errors = {a["system"]: a["max_rel_error_vs_diffusers"] for a in results["agreement"]}
-    assert set(errors) == {"openvino-fp32", "openvino-bf16", "outpaint-ort-cpu", "outpaint-openvino-fp32",
+    assert set(errors) == {"openvino-fp32", "openvino-bf16", OPTIMUM, "outpaint-ort-cpu", "outpaint-openvino-fp32",
                            "outpaint-openvino-bf16"} & RUNNABLE
     for system, error in errors.items():
         assert error < (0.5 if "bf16" in system else 1e-4), (system, error)
@@ -105,11 +111,26 @@ def test_all_systems_compute_the_same_unet(results):
 
 def test_quality_is_measured_against_our_fp32_image(results):
     quality = {q["system"]: q for q in results["quality"]}
-    assert set(quality) == {"diffusers-torch-fp32", "outpaint-openvino-bf16", "outpaint-fast"} & RUNNABLE
+    assert set(quality) == {"diffusers-torch-fp32", OPTIMUM, "outpaint-openvino-bf16", "outpaint-fast"} & RUNNABLE
     for q in quality.values():
         assert q["identical_outside_mask"], q
         assert q["psnr_db_regenerated"] > 10, q
     assert {t["unit"] for t in results["targets"]} >= {"dB", "speed-up"}
+
+
+def test_the_optimum_peer_ran_optimums_pipeline_on_optimums_export_of_the_same_weights(results, tiny_model_dir):
+    if OPTIMUM_PROBLEM:
+        assert results["skipped"][OPTIMUM] == OPTIMUM_PROBLEM  # said why, not failed
+        pytest.skip(OPTIMUM_PROBLEM)
+    notes = " ".join(results["notes"][OPTIMUM])
+    assert "optimum-onnx" in notes and "scheduler DDIMScheduler" in notes
+    assert f"{tiny_model_dir / 'optimum-peer'}" in notes and "by optimum's exporter" in notes
+    stages = {r["stage"] for r in results["rows"] if r["system"] == OPTIMUM}
+    assert stages == {"text_encoder", "vae_encode", "vae_decode", "unet_step", "outpaint_2_steps",
+                      "sampler_overhead_step"}
+    # Same weights: its guided UNet step is diffusers' to float rounding (the check above, by name).
+    agreement = {a["system"]: a["max_rel_error_vs_diffusers"] for a in results["agreement"]}
+    assert agreement[OPTIMUM] < 1e-4
 
 
 def test_ratios_are_peer_time_over_own_time():

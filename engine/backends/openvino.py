@@ -237,7 +237,7 @@ class OvGraph:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self._declared, feeds)
         key = tuple((name, self._compiled_shape(name, feeds[name].shape)) for name in self.input_names)
-        contiguous = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        contiguous = {name: np.require(value, requirements="C") for name, value in feeds.items()}
         outputs = self._compiled_for(key).infer(contiguous)
         shape = tuple(value.shape for value in contiguous.values())
         if shape not in self._shapes_run:

@@ -116,7 +116,8 @@ class OrtGraph:
         check_feeds(self.name, self._declared, feeds)
         binding = self.session.io_binding()  # one per call: bindings are not shared between threads
         for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            # np.require, not np.ascontiguousarray: that one turns a scalar (an optimum UNet's timestep) into (1,).
+            binding.bind_cpu_input(name, np.require(value, requirements="C"))
         for name in self.output_names:
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)

@@ -6,11 +6,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from outpaint.core.errors import InvalidRequest
+from outpaint.core.errors import InvalidRequest, ModelError
 from outpaint.core.graphs import GRAPHS
 from outpaint.core.manifest import Manifest
 
 from .base import GraphRunner
+from .bound import BoundGraph
 
 GraphLoader = Callable[[Path, Manifest, Sequence[str]], dict[str, GraphRunner]]
 
@@ -69,6 +70,8 @@ BACKENDS: dict[str, GraphLoader] = {
     "ort-trt": _ort_trt_loader,
     "tensorrt": _tensorrt_loader,
 }
+# Backends that read more than the ONNX graphs: engines built from our export's manifest (trt_profiles, keys).
+NEEDS_OUR_EXPORT = ("tensorrt",)
 
 
 def load_graphs(
@@ -79,4 +82,16 @@ def load_graphs(
         loader = BACKENDS[backend]
     except KeyError:
         raise InvalidRequest("backend", f"{backend!r} is not a backend; choose one of {', '.join(BACKENDS)}") from None
-    return loader(folder, manifest, names)
+    if manifest.layout != "outpaint" and backend in NEEDS_OUR_EXPORT:
+        raise ModelError(
+            f"{folder} is an {manifest.layout} export read in place; the {backend} backend builds its engines "
+            f"from the graphs `outpaint export` writes (our tensor names and profiles). Use "
+            f"{', '.join(b for b in BACKENDS if b not in NEEDS_OUR_EXPORT)}, or export the weights with "
+            "`outpaint export SRC OUT` first"
+        )
+    graphs = loader(folder, manifest, names)
+    for name in names:
+        bindings = manifest.graphs[name].bindings
+        if bindings is not None:
+            graphs[name] = BoundGraph(graphs[name], bindings)
+    return graphs
