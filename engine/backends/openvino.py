@@ -231,8 +231,10 @@ class OvGraph:
         return compiled
 
     def weight_files(self) -> list[Path]:
-        """The graph file and its external-data files (beside it, named after it)."""
-        return [self.path, *self.path.parent.glob(f"{self.path.name}.data*")]
+        """The files a compile may map: the graph's folder holds it and its external data, under
+        names that differ between exporters (`model.onnx.data`, optimum's `model.onnx_data`); only
+        mapped ones are paged out."""
+        return [path for path in self.path.parent.iterdir() if path.is_file()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self._declared, feeds)
