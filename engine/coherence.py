@@ -87,7 +87,7 @@ def coherence_masks(known: np.ndarray, mask: np.ndarray, width: int) -> tuple[np
     if not has_boundary(known):
         zeros = np.zeros(known.shape, np.float32)
         return zeros, zeros
-    to_source = distance_transform_edt(~known)  # 0 on the source, px to the nearest source pixel elsewhere
+    to_source = np.asarray(distance_transform_edt(~known))  # 0 on the source, px to the nearest source pixel elsewhere
     regenerate = (mask > 0) & (to_source <= width)
     half = width / 2
     ramp = np.clip((width - to_source) / (width - half), 0.0, 1.0)

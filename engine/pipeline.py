@@ -324,10 +324,10 @@ class OutpaintPipeline:
     def coherence_pass(
         self, first: OutpaintResult, request: OutpaintRequest, seed: int, coherence: Coherence | None = None,
         colour_match: str | None = None,
-    ) -> Generator[StepEvent, None, OutpaintResult]:
-        """The coherence pass over a finished result (engine/coherence.py): yields its steps, returns the
-        new result. `coherence` and `colour_match` default to the pipeline's (the benchmark varies them
-        over one first pass)."""
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
+        """The coherence pass over a finished result (engine/coherence.py): yields its steps, then the new
+        result. `coherence` and `colour_match` default to the pipeline's (the benchmark varies them over
+        one first pass)."""
         settings = self.coherence if coherence is None else coherence
         colour = self.colour_match if colour_match is None else colour_match
         started = time.perf_counter()
@@ -368,7 +368,7 @@ class OutpaintPipeline:
         image = cv.paste_back(merged, canvas)
         seam = seam_score(image, canvas.known)
         timings["coherence_finish"] = time.perf_counter() - started
-        return dataclasses.replace(
+        yield dataclasses.replace(
             first, image=image, decoded=merged, latents=latents, timings=timings,
             step_seconds=[*first.step_seconds, *step_seconds], seam=seam, first_pass=first,
         )

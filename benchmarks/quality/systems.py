@@ -118,11 +118,8 @@ class Cohered:
         first = dataclasses.replace(result, decoded=matched, image=cv.paste_back(matched, result.canvas))
         passes = pipeline.coherence_pass(first, request_for(case, prompt, seed + self.base.seed_offset), result.seed,
                                          self.settings, self.colour_match)
-        while True:
-            try:
-                next(passes)
-            except StopIteration as done:
-                return done.value.image
+        result = [item for item in passes if isinstance(item, OutpaintResult)][-1]
+        return result.image
 
 
 class Diffusers:
