@@ -109,6 +109,7 @@ def test_the_flags_parse_and_reject_with_the_flag_named():
     parser = argparse.ArgumentParser()
     coherence.add_arguments(parser)
     assert coherence.from_arguments(parser.parse_args([])).mode == coherence.COHERENCE_DEFAULT.mode
+    assert coherence.from_arguments(parser.parse_args(["--coherence", "band"])) == Coherence()
     on = coherence.from_arguments(parser.parse_args(
         ["--coherence", "band", "--coherence-width", "48", "--coherence-strength", "0.3", "--coherence-steps", "6"]))
     assert on == Coherence("band", 48, 0.3, 6)
