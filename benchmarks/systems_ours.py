@@ -45,13 +45,14 @@ class TimedRunner:
 
 
 def _load(system: str, config: BenchConfig):
+    from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_path import FastPathOptions
     from outpaint.engine.large_canvas import LARGE_CANVAS_OFF
     from outpaint.engine.pipeline import OutpaintPipeline
 
     # The same computation as the peers at every canvas: the large-canvas strategy (a different, cheaper
-    # computation past the native size) and the colour match (a post-process diffusers lacks) are judged
+    # computation past the native size), the colour match and the coherence pass (stages diffusers lacks) are judged
     # by the quality benchmark, not timed against diffusers.
     if system in FAST_SYSTEMS:
         if system == "outpaint-fast-static":  # this worker process runs this system only
@@ -62,9 +63,10 @@ def _load(system: str, config: BenchConfig):
                                   feature_cache_interval=fast.feature_cache_interval)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
         return OutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options=options,
-                                     large_canvas=LARGE_CANVAS_OFF, colour_match="off")
+                                     large_canvas=LARGE_CANVAS_OFF, colour_match="off",
+                                     coherence=COHERENCE_OFF)
     return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system], large_canvas=LARGE_CANVAS_OFF,
-                                 colour_match="off")
+                                 colour_match="off", coherence=COHERENCE_OFF)
 
 
 UNET_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)  # whichever of them a request's UNet calls run

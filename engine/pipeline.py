@@ -43,6 +43,7 @@ from outpaint.core.manifest import read_manifest
 
 from . import canvas as cv
 from .backends.registry import load_graphs
+from .coherence import COHERENCE_DEFAULT, Coherence, blend_band, coherence_masks, has_boundary, plan_steps
 from .colour_match import COLOUR_MATCH_DEFAULT, match_colours
 from .colour_match import MODES as COLOUR_MATCH_MODES
 from .device_loop import device_denoise_loop, loop_tensors, select_device_runtime
@@ -61,7 +62,7 @@ from .guidance import UNetFn, guided_denoiser
 from .large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas, downsample_canvas, native_canvas_size, upscale
 from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
-from .schedulers import SCHEDULERS, NoiseScheduleConfig, get_scheduler
+from .schedulers import SCHEDULERS, NoiseScheduleConfig, Plan, Scheduler, get_scheduler
 from .seam import seam_score
 from .tokenizer import ClipTokenizer
 
@@ -82,6 +83,8 @@ class OutpaintResult:
     seam: float | None = None
     # The native-size composition when the large-canvas strategy ran (engine/large_canvas.py), else None.
     native_pass: OutpaintResult | None = None
+    # The result before the coherence pass when it ran (engine/coherence.py), else None.
+    first_pass: OutpaintResult | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class OutpaintPipeline:
     are off (they act on the host loop's UNet calls); True insists, False never. `colour_match`
     harmonises the new area's colours to the source before paste-back (engine/colour_match.py).
     `large_canvas` says when a canvas well past the model's native size is composed at native size
-    first (engine/large_canvas.py).
+    first (engine/large_canvas.py). `coherence` says whether a short second denoise runs over the band
+    along the source's boundary (engine/coherence.py).
     """
 
     def __init__(
@@ -130,9 +134,11 @@ class OutpaintPipeline:
         options: FastPathOptions = EXACT,
         colour_match: str = COLOUR_MATCH_DEFAULT,
         large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT,
+        coherence: Coherence = COHERENCE_DEFAULT,
     ) -> None:
         folder = Path(folder)
         self.large_canvas = large_canvas
+        self.coherence = coherence
         if colour_match not in COLOUR_MATCH_MODES:
             raise InvalidRequest("colour_match",
                                  f"must be one of {', '.join(COLOUR_MATCH_MODES)}, got {colour_match!r}")
@@ -185,8 +191,9 @@ class OutpaintPipeline:
         options: FastPathOptions = EXACT,
         colour_match: str = COLOUR_MATCH_DEFAULT,
         large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT,
+        coherence: Coherence = COHERENCE_DEFAULT,
     ) -> OutpaintPipeline:
-        return cls(Path(folder), backend, device_loop, options, colour_match, large_canvas)
+        return cls(Path(folder), backend, device_loop, options, colour_match, large_canvas, coherence)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -310,16 +317,99 @@ class OutpaintPipeline:
             if noise.shape != shape or noise.dtype != np.float32:
                 raise InvalidRequest("noise", f"must be float32 of shape {shape}, got {noise.dtype} {noise.shape}")
         seed = draw_seed() if request.seed == -1 else request.seed
-        if self.large_canvas.applies(request.img_width, request.img_height, self.native_size):
-            yield from self._generate_large(source, request, seed, noise, total_started)
-        else:
-            yield from self._generate_at(source, request, seed, noise, total_started)
+        large = self.large_canvas.applies(request.img_width, request.img_height, self.native_size)
+        main_steps = sum(self._pass_steps(request))
+        coherence = self._coheres(source, request)
+        total = self.planned_steps(request, source)
+        passes = (self._generate_large(source, request, seed, noise, total_started) if large
+                  else self._generate_at(source, request, seed, noise, total_started))
+        result = yield from _forward_steps(passes, before=0, total=total)
+        if coherence:
+            result = yield from _forward_steps(self.coherence_pass(result, request, seed), before=main_steps,
+                                               total=total)
+            result.timings["total"] = time.perf_counter() - total_started
+        yield result
 
-    def planned_steps(self, request: OutpaintRequest) -> int:
-        """How many step events `generate(request)` yields: both passes where the large-canvas strategy
-        applies, numbered as one sequence (what a progress bar shows as its total)."""
-        small_steps, refine_steps = self._pass_steps(request)
-        return small_steps + refine_steps
+    def _coheres(self, source: cv.SourceImage | None, request: OutpaintRequest) -> bool:
+        """Whether the coherence pass runs: it is on and the source borders new area (unknown source:
+        assumed to)."""
+        return self.coherence.on and (source is None or has_boundary(_placed(source, request).known))
+
+    def coherence_pass(
+        self, first: OutpaintResult, request: OutpaintRequest, seed: int, coherence: Coherence | None = None,
+        colour_match: str | None = None,
+    ) -> Generator[StepEvent | OutpaintResult, None, None]:
+        """The coherence pass over a finished result (engine/coherence.py): yields its steps, then the new
+        result. `coherence` and `colour_match` default to the pipeline's (the benchmark varies them over
+        one first pass)."""
+        settings = self.coherence if coherence is None else coherence
+        colour = self.colour_match if colour_match is None else colour_match
+        started = time.perf_counter()
+        canvas = first.canvas
+        regenerate, weight = coherence_masks(canvas.known, canvas.mask, settings.width)
+        latent_mask = cv.latent_mask(regenerate)
+        timings = dict(first.timings)
+        init_latents = self.encode_image(first.image)
+        extra = None
+        if self.unet_in_channels == 9:
+            blanked = np.where(regenerate[..., None] >= 0.5, np.uint8(127), first.image).astype(np.uint8)
+            extra = np.concatenate([latent_mask, self.encode_image(blanked)], axis=1).astype(np.float32)
+        embeddings, _ = self.encode_text(request.prompt, request.negative_prompt)  # warned in the first pass
+        timings["coherence_encode"] = time.perf_counter() - started
+
+        scheduler = get_scheduler(request.scheduler)
+        plan = scheduler.plan(self.schedule_config, plan_steps(settings.steps, settings.strength), settings.strength)
+        rng = np.random.default_rng([seed, 2])  # [seed, 1] is the infill's
+        noise = rng.standard_normal(init_latents.shape, dtype=np.float32)
+        latents = scheduler.start(plan, init_latents, noise, False)
+        known = KnownRegion(init_latents, noise, latent_mask) if self.unet_in_channels == 4 else None
+        step_seconds = []
+        last_event: StepEvent | None = None
+        for event in self._denoise_events(scheduler, plan, latents, embeddings, request.guidance_scale, extra,
+                                          latent_mask, known, rng):
+            step_seconds.append(event.seconds)
+            last_event = event
+            yield event
+        assert last_event is not None, "a plan has at least one step (Scheduler.plan validates it)"
+        latents = last_event.latents
+        timings["coherence_denoise"] = float(sum(step_seconds))
+
+        started = time.perf_counter()
+        decoded = decode_region(self.decode_latents, latents, first.image, latent_mask, self.options.decode_margin)
+        if colour != "off":
+            decoded = match_colours(decoded, canvas.rgb, canvas.known, colour)
+        merged = blend_band(first.decoded, decoded, weight)
+        image = cv.paste_back(merged, canvas)
+        seam = seam_score(image, canvas.known)
+        timings["coherence_finish"] = time.perf_counter() - started
+        yield dataclasses.replace(
+            first, image=image, decoded=merged, latents=latents, timings=timings,
+            step_seconds=[*first.step_seconds, *step_seconds], seam=seam, first_pass=first,
+        )
+
+    def _denoise_events(
+        self, scheduler: Scheduler, plan: Plan, latents: np.ndarray, text_embeddings: np.ndarray,
+        guidance_scale: float, extra_channels: np.ndarray | None, latent_mask: np.ndarray,
+        known: KnownRegion | None, rng: np.random.Generator,
+    ) -> Iterable[StepEvent]:
+        """The loop's step events: on the device where it runs the loop, else on the host."""
+        if self.device_runtime is not None and device_loop_supports(scheduler):
+            return device_denoise_loop(self.device_runtime, loop_tensors(
+                plan=plan, latents=latents, text_embeddings=text_embeddings,
+                guidance_scale=guidance_scale, known=known, extra_channels=extra_channels,
+            ), plan)
+        denoise = guided_denoiser(
+            self.request_unet(latent_mask), text_embeddings, guidance_scale,
+            extra_channels, unguided_timesteps(self.options, plan),
+        )
+        return denoise_loop(scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng, known=known)
+
+    def planned_steps(self, request: OutpaintRequest, source: cv.SourceImage | None = None) -> int:
+        """How many step events `generate(request)` yields, numbered as one sequence (what a progress
+        bar shows as its total): both passes where the large-canvas strategy applies, then the coherence
+        pass's. Without `source` the coherence pass is counted whenever it is on (a source that covers
+        the whole canvas borders no new area and skips it)."""
+        return sum(self._pass_steps(request)) + (self.coherence.steps if self._coheres(source, request) else 0)
 
     def _pass_steps(self, request: OutpaintRequest) -> tuple[int, int]:
         """The denoising steps of the request's first pass, and of its refining pass (0 when none)."""
@@ -381,19 +471,8 @@ class OutpaintPipeline:
         latents = scheduler.start(plan, cond.init_latents, noise, pure_noise)
         # A 9-channel UNet inpaints by itself; diffusers blends only for the 4-channel one.
         known = KnownRegion(cond.init_latents, noise, cond.latent_mask) if self.unet_in_channels == 4 else None
-        if self.device_runtime is not None and device_loop_supports(scheduler):
-            events = device_denoise_loop(self.device_runtime, loop_tensors(
-                plan=plan, latents=latents, text_embeddings=cond.text_embeddings,
-                guidance_scale=request.guidance_scale, known=known, extra_channels=cond.extra_channels,
-            ), plan)
-        else:
-            denoise = guided_denoiser(
-                self.request_unet(cond.latent_mask), cond.text_embeddings, request.guidance_scale,
-                cond.extra_channels, unguided_timesteps(self.options, plan),
-            )
-            events = denoise_loop(
-                scheduler=scheduler, plan=plan, latents=latents, denoise=denoise, rng=rng, known=known,
-            )
+        events = self._denoise_events(scheduler, plan, latents, cond.text_embeddings, request.guidance_scale,
+                                      cond.extra_channels, cond.latent_mask, known, rng)
 
         step_seconds = []
         last_event: StepEvent | None = None

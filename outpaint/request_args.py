@@ -56,8 +56,8 @@ def request_from_args(args: argparse.Namespace, schedulers: tuple[str, ...]) -> 
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --backend, --fast and the large-canvas options: how the pipeline is loaded."""
-    from outpaint.engine import colour_match, large_canvas
+    """--model, --backend, --fast, colour match, the large-canvas and coherence options: how the pipeline is loaded."""
+    from outpaint.engine import coherence, colour_match, large_canvas
     from outpaint.engine.backends.registry import BACKENDS
 
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
@@ -65,21 +65,24 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help=FAST_HELP)
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
+    coherence.add_arguments(p)
 
 
 def pipeline_from_args(args: argparse.Namespace) -> OutpaintPipeline:
     """The pipeline add_engine_arguments' flags describe; says on stderr which backend --fast picked."""
-    from outpaint.engine import large_canvas
+    from outpaint.engine import coherence, large_canvas
     from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.fast_path import EXACT, FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
     large = large_canvas.from_arguments(args)
+    cohere = coherence.from_arguments(args)
     backend, reason = resolve_backend(args.backend, args.fast)
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
     return OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,
-                                 colour_match=args.colour_match, large_canvas=large)
+                                 colour_match=args.colour_match, large_canvas=large,
+                                 coherence=cohere)
 
 
 

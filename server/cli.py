@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from outpaint.engine import colour_match, large_canvas
+from outpaint.engine import coherence, colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
 
 from .config import MIB, ServerConfig
@@ -32,6 +32,7 @@ def add_serve(sub) -> None:
                    "this CPU has it natively, else fp32, and logs which")
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
+    coherence.add_arguments(p)
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,
@@ -71,7 +72,8 @@ def _cmd_serve(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match, no_auth=args.no_auth,
+        large_canvas=large_canvas.from_arguments(args), coherence=coherence.from_arguments(args),
+        colour_match=args.colour_match, no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
@@ -109,6 +111,7 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path (see `outpaint serve --help`)")
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
+    coherence.add_arguments(p)
     p.add_argument("--no-auth", action="store_true", help="no keys, no credits: for local use only")
     p.add_argument("--price", type=int, default=defaults.price, help="credits per delivered image (default 1)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,
@@ -150,7 +153,8 @@ def _cmd_serve_ray(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), colour_match=args.colour_match,
+        large_canvas=large_canvas.from_arguments(args), coherence=coherence.from_arguments(args),
+        colour_match=args.colour_match,
         no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
         timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s, max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels, jpeg_quality=args.jpeg_quality, **_sequence_limits(args),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from outpaint.engine.canvas import DEFAULT_MAX_PIXELS
+from outpaint.engine.coherence import COHERENCE_DEFAULT, Coherence
 from outpaint.engine.colour_match import COLOUR_MATCH_DEFAULT
 from outpaint.engine.large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas
 from outpaint.engine.pan import MAX_PANORAMA_WIDTH
@@ -25,6 +26,7 @@ class ServerConfig:
     fast: bool = False  # the fast path's levers (engine/fast_path.py) on the pipeline
     large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT  # canvases past the model's native size
     colour_match: str = COLOUR_MATCH_DEFAULT  # engine/colour_match.py
+    coherence: Coherence = COHERENCE_DEFAULT  # engine/coherence.py
     no_auth: bool = False
     price: int = 1  # credits per delivered image
     concurrency: int = 1  # generations running at once on the one pipeline

@@ -34,7 +34,8 @@ def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]
     config = dataclasses.replace(config, backend=backend)
     started = time.perf_counter()
     pipeline = OutpaintPipeline.load(config.model, backend, options=FastPathOptions() if config.fast else EXACT,
-                                     large_canvas=config.large_canvas, colour_match=config.colour_match)
+                                     large_canvas=config.large_canvas, colour_match=config.colour_match,
+                                     coherence=config.coherence)
     log.info("loaded %s (%s%s) in %.1f s", config.model, backend, ", fast path" if config.fast else "",
              time.perf_counter() - started)
     return config, pipeline

@@ -9,6 +9,7 @@ import pytest
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine import canvas as cv
+from outpaint.engine.coherence import COHERENCE_DEFAULT, COHERENCE_OFF
 from outpaint.engine.large_canvas import (
     LARGE_CANVAS_OFF,
     LargeCanvas,
@@ -85,11 +86,12 @@ def _run(pipeline, request):
 def test_a_large_request_composes_at_native_size_then_refines(large_pipeline):
     request = make_request(img_width=384, img_height=384, offset_x=128, offset_y=128, num_inference_steps=4)
     events, result = _run(large_pipeline, request)
-    # One numbering over both passes: 4 native-size steps, then the refine's 2 (strength 0.5 of 4).
-    assert [e.index for e in events] == list(range(6))
-    assert {e.total for e in events} == {6}
-    assert large_pipeline.planned_steps(request) == 6  # what a job's status shows as `steps` (server/jobs.py)
-    assert len(result.step_seconds) == 6
+    # One numbering over every pass: 4 native-size steps, the refine's 2 (strength 0.5 of 4), the coherence pass's.
+    total = 6 + COHERENCE_DEFAULT.steps
+    assert [e.index for e in events] == list(range(total))
+    assert {e.total for e in events} == {total}
+    assert large_pipeline.planned_steps(request) == total  # what a job's status shows as `steps` (server/jobs.py)
+    assert len(result.step_seconds) == total
     assert result.native_pass is not None and result.native_pass.image.shape == (256, 256, 3)
     assert result.image.shape == (384, 384, 3)
     assert result.latents.shape == (1, 4, 48, 48)
@@ -108,7 +110,7 @@ def test_a_large_request_composes_at_native_size_then_refines(large_pipeline):
 
 def test_refine_strength_zero_pastes_the_upscaled_composition_back(tiny_model_dir):
     pipeline = OutpaintPipeline.load(tiny_model_dir, large_canvas=LargeCanvas(threshold=1.0, refine_strength=0.0),
-                                     colour_match="off")  # the upscale itself, not colour-matched
+                                     colour_match="off", coherence=COHERENCE_OFF)  # the upscale itself, untouched
     request = make_request(img_width=384, img_height=384, offset_x=128, offset_y=128, num_inference_steps=3)
     events, result = _run(pipeline, request)
     assert [e.index for e in events] == [0, 1, 2]
@@ -124,7 +126,7 @@ def test_a_canvas_within_the_threshold_takes_the_plain_path(large_pipeline):
     request = make_request()  # 256x256: the tiny model's native size
     _, result = _run(large_pipeline, request)
     assert result.native_pass is None
-    assert len(result.step_seconds) == request.num_inference_steps
+    assert len(result.step_seconds) == request.num_inference_steps + COHERENCE_DEFAULT.steps
 
 
 def test_an_explicit_noise_is_the_full_size_pass_noise(large_pipeline):

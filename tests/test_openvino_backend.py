@@ -144,9 +144,14 @@ def test_pipeline_on_openvino_fp32_matches_ort_cpu(tiny_model_dir, tiny_pipeline
     rng = np.random.default_rng(5)
     source = SourceImage(rgb=rng.integers(0, 256, (128, 64, 3), dtype=np.uint8), known=np.ones((128, 64), bool))
     request = OutpaintRequest(prompt="a street", img_width=128, img_height=128, num_inference_steps=4, seed=3)
-    # Colour match off on both: it scales colour statistics, so it would magnify the runtimes' rounding.
-    expected = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", colour_match="off")(source, request)
-    actual = OutpaintPipeline.load(tiny_model_dir, "openvino-fp32", colour_match="off")(source, request)
+    # Colour match off on both: it scales colour statistics, so it would magnify the runtimes' rounding;
+    # the coherence pass too: it re-encodes the first pass's rounded pixels.
+    from outpaint.engine.coherence import COHERENCE_OFF
+
+    expected = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", colour_match="off",
+                                     coherence=COHERENCE_OFF)(source, request)
+    actual = OutpaintPipeline.load(tiny_model_dir, "openvino-fp32", colour_match="off",
+                                   coherence=COHERENCE_OFF)(source, request)
     error = _rel_error(actual.latents, expected.latents)
     print(f"final latents, openvino-fp32 vs ort-cpu: max relative error {error:.2e}")
     assert error < 1e-4

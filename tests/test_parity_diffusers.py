@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from outpaint.engine import canvas as cv
+from outpaint.engine.coherence import COHERENCE_OFF
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
@@ -54,8 +55,10 @@ def test_engine_matches_diffusers_inpaint_pipeline(tiny_components, tiny_model_d
         img_height=height, offset_x=64, offset_y=32, mask_expand=8, guidance_scale=guidance, seed=11,
     )
     noise = rng.standard_normal((1, 4, height // 8, width // 8), dtype=np.float32)
-    # Colour match off: a post-process diffusers does not have (engine/colour_match.py).
-    ours = OutpaintPipeline.load(tiny_model_dir, colour_match="off")(source, request, noise=noise)
+    # Colour match and the coherence pass off: stages diffusers does not have (engine/colour_match.py,
+    # engine/coherence.py).
+    ours = OutpaintPipeline.load(tiny_model_dir, colour_match="off", coherence=COHERENCE_OFF)(source, request,
+                                                                                             noise=noise)
 
     # The very canvas our engine encoded: the infilled canvas and the regenerate mask.
     canvas = ours.canvas

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from outpaint.core.errors import InvalidRequest, ModelError
+from outpaint.engine.coherence import COHERENCE_DEFAULT
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 
@@ -43,7 +44,8 @@ def test_seed_minus_one_draws_and_reports_a_seed_that_reproduces(tiny_pipeline, 
 def test_generate_yields_every_step_then_the_result(tiny_pipeline, source):
     items = list(tiny_pipeline.generate(source, make_request(num_inference_steps=6)))
     steps = [i for i in items if isinstance(i, StepEvent)]
-    assert [s.index for s in steps] == list(range(6)) and all(s.total == 6 for s in steps)
+    total = 6 + COHERENCE_DEFAULT.steps  # the request's steps, then the coherence pass's (engine/coherence.py)
+    assert [s.index for s in steps] == list(range(total)) and all(s.total == total for s in steps)
     assert isinstance(items[-1], OutpaintResult)
     assert {"text_encoder", "vae_encode", "denoise", "vae_decode", "total"} <= set(items[-1].timings)
 
@@ -93,7 +95,7 @@ def test_concurrent_calls_on_one_pipeline_match_sequential_ones(tiny_pipeline, s
 def test_strength_below_one_starts_from_the_noised_infill(tiny_pipeline, source):
     full = tiny_pipeline(source, make_request(strength=1.0, num_inference_steps=10))
     partial = tiny_pipeline(source, make_request(strength=0.3, num_inference_steps=10))
-    assert partial.step_seconds and len(partial.step_seconds) == 3
+    assert partial.step_seconds and len(partial.step_seconds) == 3 + COHERENCE_DEFAULT.steps  # and the pass's
     assert partial.image.tobytes() != full.image.tobytes()
 
 

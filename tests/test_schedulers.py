@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from outpaint.core.errors import InvalidRequest
+from outpaint.engine.coherence import COHERENCE_DEFAULT
 from outpaint.engine.loop import KnownRegion, denoise_loop
 from outpaint.engine.request import OutpaintRequest
 from outpaint.engine.schedulers import API_SCHEDULER_NAMES, SCHEDULERS, NoiseScheduleConfig, get_scheduler
@@ -417,5 +418,5 @@ def test_every_scheduler_outpaints_through_the_tiny_pipeline(tiny_pipeline, name
     result = tiny_pipeline(make_png(128, 128, seed=3), request)
     assert result.image.shape == (256, 256, 3) and result.image.dtype == np.uint8
     assert np.isfinite(result.latents).all()
-    assert len(result.step_seconds) == 3
+    assert len(result.step_seconds) == 3 + COHERENCE_DEFAULT.steps  # and the coherence pass's
     assert result.decoded.std() > 0

@@ -307,12 +307,13 @@ def test_finished_denoising_is_delivered_even_past_the_deadline(tiny_model_dir):
 
     from outpaint.core.graphs import UNET
     from outpaint.engine.canvas import SourceImage
+    from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.pipeline import OutpaintPipeline
     from outpaint.server.gate import Gate, Ticket
 
     from .conftest import make_request
 
-    pipeline = OutpaintPipeline.load(tiny_model_dir)
+    pipeline = OutpaintPipeline.load(tiny_model_dir, coherence=COHERENCE_OFF)  # the 4th UNet call is the last
     source = SourceImage(rgb=np.zeros((128, 128, 3), np.uint8), known=np.ones((128, 128), bool))
     warm = pipeline(source, make_request())  # a first call at a new shape is slower than the rest
     step_s = max(warm.step_seconds)

@@ -21,6 +21,7 @@ pytest.importorskip("uvicorn")
 import requests
 from PIL import Image, ImageSequence
 
+from outpaint.engine.coherence import COHERENCE_DEFAULT
 from outpaint.engine.pan import plan_panorama
 from outpaint.server.process import ServerProcess, start_server
 from outpaint.server.store import open_store
@@ -79,7 +80,8 @@ def test_zoom_returns_a_video_of_every_frame_and_charges_price_per_step(served):
     scores = [float(s) for s in r.headers["x-seam-scores"].split(",")]
     assert len(scores) == 2 and float(r.headers["x-seam-score"]) == pytest.approx(max(scores), abs=1e-3)
     assert r.headers["x-remaining-credits"] == "6" and store.balance(key_id) == 10 - 2 * PRICE
-    assert metric(server, STEPS) - steps_before == 2 * 2  # two outpaints of 2 denoising steps
+    # Two outpaints of 2 denoising steps, each with its coherence pass's (engine/coherence.py).
+    assert metric(server, STEPS) - steps_before == 2 * (2 + COHERENCE_DEFAULT.steps)
     assert store.open_reservations() == []
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine import canvas as cv
+from outpaint.engine.coherence import COHERENCE_DEFAULT
 from outpaint.engine.pan import panorama, plan_panorama
 from outpaint.engine.zoom import render_zoom, zoom_keyframes, zoom_video
 
@@ -33,7 +34,8 @@ def zoom(tiny_pipeline):
 def test_each_keyframe_holds_the_previous_one_at_half_size_outside_the_band(zoom):
     frames, results, events = zoom
     assert len(frames) == 3 and all(f.shape == (128, 128, 3) for f in frames)
-    assert events == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # Each outpaint's 2 steps, then its coherence pass's (engine/coherence.py).
+    assert events == [(k, i) for k in (0, 1) for i in range(2 + COHERENCE_DEFAULT.steps)]
     assert [r.seed for r in results] == [9, 10]
     for k in (1, 2):
         inner = np.asarray(Image.fromarray(frames[k - 1]).resize((64, 64), Image.Resampling.LANCZOS))

@@ -46,6 +46,18 @@ def markdown(result: dict[str, Any]) -> str:
     bar = result.get("fast_path_bar")
     if bar:
         lines += _fast_path_section(bar, result["rows"])
+    coherence = result.get("coherence")
+    if coherence:
+        lines += ["", "## The coherence pass against the same images without it", "",
+                  f"Each `+coherence-WIDTH-STRENGTH-STEPS` row is `{coherence['reference']}`'s images (the engine's "
+                  "default colour match) with the pass at those settings, so the differences are paired: the "
+                  "mean over the same cases and seeds, ± two standard errors. PSNR, SSIM: higher is better; "
+                  "seam, ΔE: lower is better.", "",
+                  "| setting | n | Δ PSNR dB | Δ SSIM | Δ seam | Δ ΔE band |", "|---|---:|---:|---:|---:|---:|"]
+        for name, v in coherence["variants"].items():
+            cells = [f"{v[k]['mean']:+.3f} ± {v[k]['two_se']:.3f}" if v[k]["two_se"] is not None else ""
+                     for k in ("psnr_db", "ssim", "seam", "ciede2000_band")]
+            lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per case", "", "| case | system | n | PSNR dB | SSIM | seam | ΔE band | structure | s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:

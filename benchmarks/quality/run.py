@@ -20,7 +20,7 @@ from .cases import CASES, Case
 from .metrics import seam_score
 from .report import contact_sheet, markdown
 from .score import score
-from .systems import STEPS, ColourMatched, Diffusers, Fill, Ours, System
+from .systems import STEPS, Cohered, ColourMatched, Diffusers, Fill, Ours, System
 
 DEFAULT_WEIGHTS = Path("weights/scenes")
 DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
@@ -31,9 +31,25 @@ SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outp
 # "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off"),
 # either with ":bf16" or ":fp32" (openvino-bf16 / openvino-fp32 instead of what `--fast` picks) and
 # "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu) and
-# "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced).
+# "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced) and
+# "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (its images with the default colour match and the
+# coherence pass at those settings; after outpaint-ort-cpu; "+colour-band" is the same with the pass off).
 RESEED = "outpaint-ort-cpu-reseed"
 LARGE_PREFIX = "outpaint-ort-cpu+large-"
+COHERENCE_PREFIX = "outpaint-ort-cpu+coherence-"
+
+
+def coherence_variant(name: str):
+    """The Coherence of "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (the band mode at those settings)."""
+    from outpaint.core.errors import InvalidRequest
+    from outpaint.engine.coherence import Coherence
+
+    try:
+        width, strength, steps = name.removeprefix(COHERENCE_PREFIX).split("-")
+        return Coherence(mode="band", width=int(width), strength=float(strength), steps=int(steps))
+    except (ValueError, InvalidRequest) as exc:
+        raise ValueError(f"{name!r}: a coherence variant is {COHERENCE_PREFIX}WIDTH-STRENGTH-STEPS, e.g. "
+                         f"{COHERENCE_PREFIX}32-0.35-4 ({exc})") from None
 
 
 def large_canvas_variant(name: str):
@@ -104,13 +120,16 @@ def ensure_exported(weights: Path, model: Path) -> Path:
 
 
 def build_systems(config: QualityConfig) -> list[System]:
+    from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.fast_path import EXACT
     from outpaint.engine.pipeline import OutpaintPipeline
 
     def ours(backend: str, **options: Any) -> OutpaintPipeline:
         # Colour match off: the engine's own images, which the "+colour-MODE" systems post-process, so
         # every colour mode (the default "band" included) is a row of its own beside "off".
-        return OutpaintPipeline.load(config.model, backend, colour_match="off", **{"options": EXACT, **options})
+        # Coherence off likewise: the "+coherence-..." systems run the pass over these images.
+        return OutpaintPipeline.load(config.model, backend, colour_match="off",
+                                     **{"options": EXACT, "coherence": COHERENCE_OFF, **options})
 
     systems: list[System] = []
     for name in config.systems:
@@ -127,6 +146,11 @@ def build_systems(config: QualityConfig) -> list[System]:
             if not isinstance(base, Ours):
                 raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
             systems.append(ColourMatched(name, base, name.removeprefix("outpaint-ort-cpu+colour-")))
+        elif name.startswith(COHERENCE_PREFIX):
+            base = next((s for s in systems if s.name == "outpaint-ort-cpu"), None)
+            if not isinstance(base, Ours):
+                raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
+            systems.append(Cohered(name, base, coherence_variant(name)))
         elif name.startswith(LARGE_PREFIX):
             systems.append(Ours(name, ours("ort-cpu", large_canvas=large_canvas_variant(name))))
         elif name == RESEED:
@@ -238,9 +262,35 @@ def quality_result(config: QualityConfig, systems: list[System], rows: list[dict
         "truth_seam_mean": round(float(np.mean(truth_seams)), 3) if truth_seams else None,
         "summary": summary,
         "fast_path_bar": fast_path_verdicts(rows, {s.name: s for s in systems}),
+        "coherence": coherence_verdicts(rows, [s.name for s in systems]),
         "rows": rows,
         **config.extra,
     }
+
+
+def paired_differences(rows: list[dict[str, Any]], system: str, reference: str) -> dict[str, Any]:
+    """Per score, `system` minus `reference` on the same (case, seed): the mean and two standard errors."""
+    ref = {(r["case"], r["seed"]): r for r in rows if r["system"] == reference}
+    mine = [(r, ref[(r["case"], r["seed"])]) for r in rows if r["system"] == system and (r["case"], r["seed"]) in ref]
+    out: dict[str, Any] = {"n": len(mine)}
+    for key in ("psnr_db", "ssim", "seam", "ciede2000_band"):
+        diffs = [a[key] - b[key] for a, b in mine if a.get(key) is not None and b.get(key) is not None]
+        two_se = 2 * float(np.std(diffs, ddof=1)) / np.sqrt(len(diffs)) if len(diffs) > 1 else None
+        out[key] = {"mean": round(float(np.mean(diffs)), 4) if diffs else None,
+                    "two_se": None if two_se is None else round(two_se, 4)}
+    return out
+
+
+def coherence_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[str, Any] | None:
+    """Each coherence variant against the same engine with the pass off (the default colour match,
+    "+colour-band") on the same first passes: paired differences, so the first pass's noise cancels."""
+    from outpaint.engine.colour_match import COLOUR_MATCH_DEFAULT
+
+    reference = f"outpaint-ort-cpu+colour-{COLOUR_MATCH_DEFAULT}"
+    variants = [name for name in systems if name.startswith(COHERENCE_PREFIX)]
+    if not variants or reference not in systems:
+        return None
+    return {"reference": reference, "variants": {name: paired_differences(rows, name, reference) for name in variants}}
 
 
 def run_quality(config: QualityConfig) -> dict[str, Any]:
@@ -276,7 +326,8 @@ def run_quality(config: QualityConfig) -> dict[str, Any]:
     result = quality_result(config, systems, rows, machine, done=len(work), planned=len(work))
     config.out_json.write_text(json.dumps(result, indent=1) + "\n")
     config.out_markdown.write_text(markdown(result))
-    shown = [s.name for s in systems if s.name in SHEET_SYSTEMS or s.name.startswith(LARGE_PREFIX)]
+    shown = [s.name for s in systems
+             if s.name in SHEET_SYSTEMS or s.name.startswith((LARGE_PREFIX, COHERENCE_PREFIX))]
     shown = shown or [s.name for s in systems]
     contact_sheet(config.out_sheet, sheet, shown)
     return result

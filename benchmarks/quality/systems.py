@@ -4,6 +4,7 @@ on the same weights with the same noise, infill, mask and paste-back."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -11,8 +12,9 @@ from typing import Protocol
 import numpy as np
 
 from outpaint.engine import canvas as cv
-from outpaint.engine.colour_match import match_colours
-from outpaint.engine.pipeline import OutpaintResult
+from outpaint.engine.coherence import Coherence
+from outpaint.engine.colour_match import COLOUR_MATCH_DEFAULT, match_colours
+from outpaint.engine.pipeline import OutpaintPipeline, OutpaintResult
 from outpaint.engine.request import OutpaintRequest
 
 from ..workload import seeded_noise
@@ -92,6 +94,32 @@ class ColourMatched:
             raise RuntimeError(f"{self.name} runs after {self.base.name}")
         matched = match_colours(result.decoded, result.canvas.rgb, result.canvas.known, self.mode)
         return cv.paste_back(matched, result.canvas)
+
+
+@dataclass
+class Cohered:
+    """`base`'s latest generation with the engine's default colour match, then the coherence pass at
+    `settings` (engine/coherence.py): the same image as the pipeline loaded with that colour match and
+    coherence (tests/test_coherence.py checks it), generating only the pass. Its seconds are the pass's."""
+
+    name: str
+    base: Ours
+    settings: Coherence
+    colour_match: str = COLOUR_MATCH_DEFAULT
+    generative: bool = True
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        result = self.base.last
+        if result is None:
+            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        pipeline = self.base.pipeline
+        assert isinstance(pipeline, OutpaintPipeline)
+        matched = match_colours(result.decoded, result.canvas.rgb, result.canvas.known, self.colour_match)
+        first = dataclasses.replace(result, decoded=matched, image=cv.paste_back(matched, result.canvas))
+        passes = pipeline.coherence_pass(first, request_for(case, prompt, seed + self.base.seed_offset), result.seed,
+                                         self.settings, self.colour_match)
+        result = [item for item in passes if isinstance(item, OutpaintResult)][-1]
+        return result.image
 
 
 class Diffusers:
