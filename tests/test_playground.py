@@ -30,6 +30,7 @@ pytest.importorskip("requests")
 
 import requests
 
+from outpaint.engine.coherence import COHERENCE_DEFAULT
 from outpaint.scenes import HELD_OUT_START, render, scene_from_seed
 from outpaint.server.process import ServerProcess, start_server
 from outpaint.server.store import open_store
@@ -300,8 +301,10 @@ def test_a_job_from_submit_to_download(page, new_key, screenshots):
     # Step previews arrived while it ran (each one a data: image the policy allows), and the bar is full.
     assert int(page.get_attribute("#preview", "data-count") or 0) >= 1
     assert (page.get_attribute("#preview", "src") or "").startswith(("data:image/jpeg;base64,", "data:image/webp;"))
-    expect(page.locator("#progress-label")).to_have_text("Step 25 of 25")
-    assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [25, 25]
+    # 25 denoising steps and the coherence pass's (on by default), numbered as one request.
+    total = 25 + COHERENCE_DEFAULT.steps
+    expect(page.locator("#progress-label")).to_have_text(f"Step {total} of {total}")
+    assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [total, total]
 
     # The result: decoded by the browser at the requested size, downloadable, with its seed and seam score.
     size = page.eval_on_selector("#result", "image => [image.complete, image.naturalWidth, image.naturalHeight]")
