@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from .config import BenchConfig
+from .peer_inpaint import run_whole_inpaint
 from .recorder import Recorder
 from .timing import NO_CANVAS
 from .workload import (
     NEGATIVE_PROMPT,
     PROMPT,
-    outpaint_noise,
-    outpaint_request,
-    source_image,
     unet_inputs,
     vae_inputs,
 )
@@ -70,9 +66,7 @@ class _StepClock:
 
 def run(system: str, config: BenchConfig, rec: Recorder) -> None:
     import torch
-    from PIL import Image
 
-    from outpaint.engine import canvas as cv
 
     started = time.perf_counter()
     pipe = _pipeline(config)
@@ -101,30 +95,7 @@ def run(system: str, config: BenchConfig, rec: Recorder) -> None:
         if canvas in config.unet_canvases_for(system):
             unet_step(canvas)
         if system in config.whole_systems:
-            request = outpaint_request(config)
-            placed = cv.make_canvas(source_image(config), width=request.img_width, height=request.img_height,
-                                    mask_expand=request.mask_expand)
-            infilled = cv.infill(placed, request.infill, np.random.default_rng([request.seed, 1]))
-            kwargs = dict(
-                prompt=request.prompt, negative_prompt=request.negative_prompt, image=Image.fromarray(infilled),
-                mask_image=Image.fromarray((placed.mask * 255).astype(np.uint8)), height=request.img_height,
-                width=request.img_width, num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale, strength=1.0,
-                latents=torch.from_numpy(outpaint_noise(config)), output_type="np",
-            )
-            totals, overhead, out = [], [], None
-            for _ in range(config.whole_runs):
-                clock = _StepClock(pipe.unet)
-                started = time.perf_counter()
-                out = pipe(**kwargs, callback_on_step_end=clock.callback).images[0]
-                totals.append(time.perf_counter() - started)
-                overhead.extend(clock.overhead())
-                clock.close()
-            rec.add_samples(f"outpaint_{config.steps}_steps", canvas, totals)
-            rec.add_samples("sampler_overhead_step", canvas, overhead)
-            decoded = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
-            rec.save("image", cv.paste_back(decoded, placed))  # the same paste-back as ours, for the PSNR
-            rec.save("mask", placed.mask > 0)
+            run_whole_inpaint(pipe, config, rec, _StepClock)
         for at in config.unet_canvases_for(system):
             if at != canvas:
                 unet_step(at)
