@@ -293,11 +293,13 @@ def test_an_event_read_before_it_is_recorded_is_an_error():
 
 def test_the_device_loop_is_timed_one_sample_per_step(tiny_model_dir):
     """The instrumentation the check puts on a GPU backend, on the CPU device loop with the host clock."""
+    from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.pipeline import OutpaintPipeline
 
     from .conftest import make_png, make_request
 
-    pipeline = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", device_loop=True)
+    # The check's own pipelines run without the coherence pass (its worker's _load): one sample per step.
+    pipeline = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", device_loop=True, coherence=COHERENCE_OFF)
     log = instrument(pipeline, EventLog(None, new_event=WallEvent))
     pipeline(make_png(128, 128), make_request(num_inference_steps=3))
     times = log.seconds()

@@ -28,11 +28,14 @@ STEP_STAGE = "denoise_step"
 
 
 def _load(backend: str, settings: CheckSettings):
+    from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.large_canvas import LARGE_CANVAS_OFF
     from outpaint.engine.pipeline import OutpaintPipeline
 
-    # The computation diffusers and the CPU reference make: no colour match, no large-canvas composition.
-    return OutpaintPipeline.load(settings.model_dir, backend, colour_match="off", large_canvas=LARGE_CANVAS_OFF)
+    # The computation diffusers and the CPU reference make: no colour match, no large-canvas composition,
+    # no coherence pass (its steps would be timed as the request's).
+    return OutpaintPipeline.load(settings.model_dir, backend, colour_match="off", large_canvas=LARGE_CANVAS_OFF,
+                                 coherence=COHERENCE_OFF)
 
 
 def _save_image(out_dir: Path, result) -> dict[str, Any]:
