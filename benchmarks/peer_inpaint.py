@@ -16,9 +16,29 @@ from .recorder import Recorder
 from .workload import outpaint_noise, outpaint_request, source_image
 
 
-def run_whole_inpaint(pipe: Any, config: BenchConfig, rec: Recorder, make_clock: Callable[[Any], Any]) -> None:
-    """`make_clock(pipe.unet)` -> a step clock with `callback`, `overhead()` and `close()`: the per-step
-    time outside the UNet (the sampler's overhead)."""
+class StepClock:
+    """Per-step wall time minus UNet time (the sampler's overhead): the step-end callback's times and
+    the UNet's, which a subclass records by hooking the pipeline's UNet its own way."""
+
+    def __init__(self) -> None:
+        self.unet_start: list[float] = []
+        self.unet_seconds: list[float] = []
+        self.step_end: list[float] = []
+
+    def callback(self, pipe, step, timestep, kwargs):
+        self.step_end.append(time.perf_counter())
+        return {}
+
+    def overhead(self) -> list[float]:
+        begins = [self.unet_start[0], *self.step_end[:-1]]
+        return [end - begin - unet for begin, end, unet in zip(begins, self.step_end, self.unet_seconds, strict=True)]
+
+    def close(self) -> None:
+        """Remove the hooks."""
+
+
+def run_whole_inpaint(pipe: Any, config: BenchConfig, rec: Recorder, make_clock: Callable[[Any], StepClock]) -> None:
+    """`make_clock(pipe.unet)`: a StepClock hooked on that UNet."""
     import torch
     from PIL import Image
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from .config import BenchConfig
-from .peer_inpaint import run_whole_inpaint
+from .peer_inpaint import StepClock, run_whole_inpaint
 from .recorder import Recorder
 from .timing import NO_CANVAS
 from .workload import (
@@ -37,27 +37,17 @@ def _pipeline(config: BenchConfig):
     return pipe
 
 
-class _StepClock:
-    """Forward hooks on the UNet and the step-end callback: per-step wall time minus UNet time."""
+class _StepClock(StepClock):
+    """Forward hooks on the UNet (a torch module) time its calls."""
 
     def __init__(self, unet) -> None:
-        self.unet_start: list[float] = []
-        self.unet_seconds: list[float] = []
-        self.step_end: list[float] = []
+        super().__init__()
         self._handles = [
             unet.register_forward_pre_hook(lambda *_: self.unet_start.append(time.perf_counter())),
             unet.register_forward_hook(
                 lambda *_: self.unet_seconds.append(time.perf_counter() - self.unet_start[-1])
             ),
         ]
-
-    def callback(self, pipe, step, timestep, kwargs):
-        self.step_end.append(time.perf_counter())
-        return {}
-
-    def overhead(self) -> list[float]:
-        begins = [self.unet_start[0], *self.step_end[:-1]]
-        return [end - begin - unet for begin, end, unet in zip(begins, self.step_end, self.unet_seconds, strict=True)]
 
     def close(self) -> None:
         for handle in self._handles:

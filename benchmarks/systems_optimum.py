@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .config import BenchConfig
-from .peer_inpaint import run_whole_inpaint
+from .peer_inpaint import StepClock, run_whole_inpaint
 from .recorder import Recorder
 from .timing import NO_CANVAS
 from .workload import (
@@ -35,15 +35,13 @@ def peer_folder(model_dir: str | Path) -> Path:
     return Path(model_dir) / PEER_DIR
 
 
-class _StepClock:
+class _StepClock(StepClock):
     """Per-step wall time minus UNet time: optimum's UNet is no torch module (no hooks), so its `forward`
     is wrapped on the instance (`__call__` looks it up there first)."""
 
     def __init__(self, unet) -> None:
+        super().__init__()
         self.unet = unet
-        self.unet_start: list[float] = []
-        self.unet_seconds: list[float] = []
-        self.step_end: list[float] = []
         inner = unet.forward
 
         def timed(*args, **kwargs):
@@ -53,14 +51,6 @@ class _StepClock:
             return out
 
         unet.forward = timed
-
-    def callback(self, pipe, step, timestep, kwargs):
-        self.step_end.append(time.perf_counter())
-        return {}
-
-    def overhead(self) -> list[float]:
-        begins = [self.unet_start[0], *self.step_end[:-1]]
-        return [end - begin - unet for begin, end, unet in zip(begins, self.step_end, self.unet_seconds, strict=True)]
 
     def close(self) -> None:
         del self.unet.forward  # the class's own again
