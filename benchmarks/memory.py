@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import parse_canvas
+
 MEMORY_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")  # /proc/self/status, reported in GiB
 DEFAULT_CANVASES = ("512x512", "768x512", "1024x1024")
 
@@ -39,10 +41,9 @@ def process_memory_gib() -> dict[str, float]:
 
 def _canvas(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 768x512") from None
-    return width, height
+        return parse_canvas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: str | None) -> dict:

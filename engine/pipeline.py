@@ -320,7 +320,7 @@ class OutpaintPipeline:
         large = self.large_canvas.applies(request.img_width, request.img_height, self.native_size)
         main_steps = sum(self._pass_steps(request))
         coherence = self._coheres(source, request)
-        total = self.planned_steps(request, source)
+        total = main_steps + (self.coherence.steps if coherence else 0)  # planned_steps, the source placed once
         passes = (self._generate_large(source, request, seed, noise, total_started) if large
                   else self._generate_at(source, request, seed, noise, total_started))
         result = yield from _forward_steps(passes, before=0, total=total)
