@@ -10,6 +10,7 @@ anonymous and file-backed parts (a memory-mapped weight file counts as long as i
 step count does not change the memory: what does is which shapes were compiled, so the requests use
 few steps (`--steps`). Each setting is an OpenVINO shape mode (engine/backends/openvino.py):
 "static" compiles, and holds weights for, every input shape; "dynamic" one model per batch size.
+`--decode-tile off` measures without the tiled VAE decode.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import parse_canvas
+from .config import FastSettings, parse_canvas
 
 MEMORY_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")  # /proc/self/status, reported in GiB
 DEFAULT_CANVASES = ("512x512", "768x512", "1024x1024")
@@ -39,6 +40,10 @@ def process_memory_gib() -> dict[str, float]:
     return values
 
 
+def _tile(text: str) -> int | None:
+    return None if text.lower() in ("off", "none") else int(text)
+
+
 def _canvas(text: str) -> tuple[int, int]:
     try:
         return parse_canvas(text)
@@ -46,7 +51,8 @@ def _canvas(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: str | None) -> dict:
+def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: str | None,
+            decode_tile: int | None) -> dict:
     """Runs in the measured process: load the fast pipeline, one request per canvas, memory after each."""
     import numpy as np
 
@@ -60,7 +66,7 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
 
     chosen = backend or fast_backend().backend
     started = time.perf_counter()
-    pipe = OutpaintPipeline.load(model, chosen, options=FastPathOptions())
+    pipe = OutpaintPipeline.load(model, chosen, options=FastPathOptions(decode_tile=decode_tile))
     rows = [{"after": "load", "seconds": round(time.perf_counter() - started, 1), **process_memory_gib()}]
     for width, height in canvases:
         rgb = source_rgb(width, height)  # the left half of the canvas, as in `outpaint bench`
@@ -71,11 +77,11 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
         pipe(source, request)
         rows.append({"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
                      **process_memory_gib()})
-    return {"backend": chosen, "rows": rows}
+    return {"backend": chosen, "decode_tile": decode_tile, "rows": rows}
 
 
 def _child(args: argparse.Namespace) -> int:
-    result = measure(args.model, args.canvases, args.steps, args.backend)
+    result = measure(args.model, args.canvases, args.steps, args.backend, _tile(args.decode_tile))
     print(json.dumps(result), flush=True)
     return 0
 
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="denoising steps per request (memory does not depend on it)")
     parser.add_argument("--shapes", default="dynamic,static", help="OpenVINO shape modes to measure, in order")
     parser.add_argument("--backend", default=None, help="default: what `--fast` picks on this CPU")
+    parser.add_argument("--decode-tile", default=str(FastSettings.decode_tile),
+                        help="the fast path's VAE-decode tile in latent cells, or 'off' (default: the fast path's)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = []
     for mode in args.shapes.split(","):
         command = [sys.executable, "-m", "outpaint.benchmarks.memory", "--child", "--model", str(args.model),
-                   "--steps", str(args.steps), "--canvases", *(f"{w}x{h}" for w, h in args.canvases)]
+                   "--steps", str(args.steps), "--decode-tile", args.decode_tile,
+                   "--canvases", *(f"{w}x{h}" for w, h in args.canvases)]
         if args.backend:
             command += ["--backend", args.backend]
         env = {**os.environ, "OUTPAINT_OV_SHAPES": mode}

@@ -60,7 +60,7 @@ def _load(system: str, config: BenchConfig):
         fast = config.fast
         options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
                                   unguided_tail_steps=fast.unguided_tail_steps,
-                                  feature_cache_interval=fast.feature_cache_interval)
+                                  feature_cache_interval=fast.feature_cache_interval, decode_tile=fast.decode_tile)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
         return OutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options=options,
                                      large_canvas=LARGE_CANVAS_OFF, colour_match="off",

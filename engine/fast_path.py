@@ -14,6 +14,10 @@ Levers (each measured in benchmarks/; see docs/benchmarks.md for what each one b
   the mask, an approximation inside it (less context for attention and convolutions).
 - guidance-free tail (`unguided_tail_steps`): the last steps run the UNet on the prompt alone
   (batch 1 instead of 2). An approximation: it changes the image, a little at low noise levels.
+- tiled decode (`decode_tile`, engine/tiled_decode.py): a canvas with a side past the tile size is
+  decoded in overlapping tiles blended linearly, so the decoder's activations are one tile's (2.3 GiB
+  at 1024x1024 for SD 1.5, a quarter at 512x512). An approximation: each tile's GroupNorms and
+  attention see only the tile. Canvases that fit in one tile decode as before, bit for bit.
 - feature caching across steps (`feature_cache_interval`, DeepCache): every k-th UNet call runs the
   whole UNet and keeps its deep feature; the calls between run only the shallow path on top of it
   (export/feature_cache.py). An approximation: the deep feature is up to k-1 calls old.
@@ -37,6 +41,8 @@ from .guidance import UNetFn
 from .regions import Box, regenerate_box
 from .schedulers import Plan
 
+MIN_DECODE_TILE = 8  # latent cells (64 px): smaller tiles are mostly overlap
+
 
 @dataclass(frozen=True)
 class FastPathOptions:
@@ -52,12 +58,19 @@ class FastPathOptions:
     # Whole-UNet calls every k-th call, shallow path in between; 1 = off. Needs the unet_deep and
     # unet_shallow graphs (exported by default). The interval's speed/fidelity trade: docs/benchmarks.md.
     feature_cache_interval: int = 3
+    # Latent cells: a canvas with a side past this is decoded in overlapping tiles of this size (a
+    # quarter of a tile's overlap); None = one piece. 64 cells is SD 1.5's native 512 px, so every
+    # canvas up to 512x512 decodes exactly as before. Its memory and picture: docs/benchmarks.md.
+    decode_tile: int | None = 64
 
     def __post_init__(self) -> None:
         for name in ("decode_margin", "window_margin"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InvalidRequest(name, f"must be None (off) or a number of latent cells >= 0, got {value}")
+        if self.decode_tile is not None and self.decode_tile < MIN_DECODE_TILE:
+            raise InvalidRequest("decode_tile", f"must be None (off) or a number of latent cells >= "
+                                 f"{MIN_DECODE_TILE}, got {self.decode_tile}")
         if self.unguided_tail_steps < 0:
             raise InvalidRequest("unguided_tail_steps", f"must be >= 0, got {self.unguided_tail_steps}")
         if self.feature_cache_interval < 1:
@@ -75,7 +88,8 @@ class FastPathOptions:
                 or self.feature_cache_interval > 1)
 
 
-EXACT = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1)
+EXACT = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1,
+                        decode_tile=None)
 
 
 def graphs_to_load(options: FastPathOptions, exported: tuple[str, ...], folder: object) -> tuple[str, ...]:

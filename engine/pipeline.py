@@ -64,6 +64,7 @@ from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SCHEDULERS, NoiseScheduleConfig, Plan, Scheduler, get_scheduler
 from .seam import seam_score
+from .tiled_decode import decode_tiled
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("outpaint")
@@ -224,8 +225,13 @@ class OutpaintPipeline:
         return mean * self.scaling_factor
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        """(1, 4, h, w) latents -> (H, W, 3) uint8."""
-        image = self.graphs[VAE_DECODER].run({LATENT: latents / self.scaling_factor})[IMAGE]
+        """(1, 4, h, w) latents -> (H, W, 3) uint8; in tiles past the fast path's `decode_tile`."""
+        def decode(z: np.ndarray) -> np.ndarray:
+            return self.graphs[VAE_DECODER].run({LATENT: z})[IMAGE]
+
+        tile = self.options.decode_tile
+        scaled = latents / self.scaling_factor
+        image = decode(scaled) if tile is None else decode_tiled(decode, scaled, tile, tile // 4)
         self.release_memory(VAE_DECODER)
         return cv.from_model_image(image)
 

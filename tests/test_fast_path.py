@@ -13,7 +13,8 @@ from outpaint.engine.fast_path import EXACT, FastPathOptions, feature_cached_une
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
-OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1)
+OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1,
+                      decode_tile=None)
 
 
 @pytest.fixture(scope="module")

@@ -106,3 +106,27 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class InpaintRecipe:
+    """The 9-channel inpainting UNet (docs/training.md, "The inpainting model"): the trained 4-channel
+    UNet with five zero-initialised input channels (the latent mask and the masked image's latents),
+    fine-tuned on outpainting-shaped masks, as SD 1.5's inpainting model was made from SD 1.2's. The
+    VAE and the text encoder are the trained model's, frozen."""
+
+    steps: int = 1800
+    shapes: tuple[tuple[int, int, int], ...] = UnetRecipe().shapes
+    lr: float = 3e-4
+    warmup: int = 100
+    prompt_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.998
+    # Of every batch: this share has the whole image masked (text-to-image: the large-canvas
+    # strategy's native composition and the far side of big extensions), this share a coherence-pass
+    # band (engine/coherence.py), the rest an outpainting canvas (the source on one, two or every side).
+    full_mask_rate: float = 0.1
+    band_mask_rate: float = 0.15
+    cache_images: int = 2000  # native-size views, pixels and latents; the steps crop them
+    threads: int = 2
+    seed: int = 3

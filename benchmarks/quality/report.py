@@ -58,6 +58,19 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [f"{v[k]['mean']:+.3f} ± {v[k]['two_se']:.3f}" if v[k]["two_se"] is not None else ""
                      for k in ("psnr_db", "ssim", "seam", "ciede2000_band")]
             lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
+    paired = result.get("paired")
+    if paired:
+        lines += ["", "## Paired: the 9-channel model against the 4-channel blend, tiled against whole decode", "",
+                  "Each row is the first system's score minus the second's on the same case, scene and noise "
+                  "(paired: mean ± two standard errors). PSNR, SSIM: higher is better; seam, ΔE: lower is "
+                  "better.", "",
+                  "| pair | case | n | Δ PSNR dB | Δ SSIM | Δ seam | Δ ΔE band |", "|---|---|---:|---:|---:|---:|---:|"]
+        for pair, by_case in paired.items():
+            for case, v in by_case.items():
+                cells = [f"{v[k]['mean']:+.3f} ± {v[k]['two_se']:.3f}" if v[k]["two_se"] is not None
+                         else ("" if v[k]["mean"] is None else f"{v[k]['mean']:+.3f}")
+                         for k in ("psnr_db", "ssim", "seam", "ciede2000_band")]
+                lines.append(f"| {pair} | {case} | {v['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per case", "", "| case | system | n | PSNR dB | SSIM | seam | ΔE band | structure | s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:

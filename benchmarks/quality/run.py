@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,10 @@ from .systems import STEPS, Cohered, ColourMatched, Diffusers, Fill, Ours, Syste
 
 DEFAULT_WEIGHTS = Path("weights/scenes")
 DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
+# The 9-channel inpainting variant of the same model (docs/training.md, "The inpainting model").
+DEFAULT_INPAINT_WEIGHTS = Path("weights/scenes-inpaint")
+DEFAULT_INPAINT_MODEL = Path("models/scenes-inpaint")
+INPAINT9 = "outpaint-inpaint9"
 # The contact sheet's columns, of the systems that ran (the gray baseline shows the source on its canvas).
 SHEET_SYSTEMS = ("gray", "infill", "outpaint-ort-cpu", "outpaint-fast", "diffusers-inpaint")
 SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
@@ -34,21 +38,35 @@ SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outp
 # "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced) and
 # "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (its images with the default colour match and the
 # coherence pass at those settings; after outpaint-ort-cpu; "+colour-band" is the same with the pass off).
+# "outpaint-ort-cpu+tile-N" is the exact path with the fast path's tiled decode at N latent cells.
+# "outpaint-inpaint9" is the exact path on the 9-channel inpainting model, and takes the same "+colour-MODE"
+# and "+coherence-..." suffixes; "diffusers-inpaint9" is diffusers' pipeline on that model.
 RESEED = "outpaint-ort-cpu-reseed"
 LARGE_PREFIX = "outpaint-ort-cpu+large-"
 COHERENCE_PREFIX = "outpaint-ort-cpu+coherence-"
+TILE_PREFIX = "outpaint-ort-cpu+tile-"  # the exact path with the VAE decoded in tiles of N latent cells
+POST_BASES = ("outpaint-ort-cpu", INPAINT9)  # the systems whose images "+colour-" / "+coherence-" post-process
+# (9-channel, 4-channel) pairs whose paired differences the report shows when both ran: raw, at the engine's
+# defaults (colour match and coherence pass), and in diffusers' pipeline.
+NINE_CHANNEL_PAIRS = ((INPAINT9, "outpaint-ort-cpu"),
+                      (f"{INPAINT9}+coherence-32-0.5-4", "outpaint-ort-cpu+coherence-32-0.5-4"),
+                      ("diffusers-inpaint9", "diffusers-inpaint"))
+
+
+class UnknownSystem(ValueError):
+    """A --quality-systems name that names no system (or a variant with bad settings)."""
 
 
 def coherence_variant(name: str):
-    """The Coherence of "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (the band mode at those settings)."""
+    """The Coherence of "BASE+coherence-WIDTH-STRENGTH-STEPS" (the band mode at those settings)."""
     from outpaint.core.errors import InvalidRequest
     from outpaint.engine.coherence import Coherence
 
     try:
-        width, strength, steps = name.removeprefix(COHERENCE_PREFIX).split("-")
+        width, strength, steps = name.split("+coherence-", 1)[1].split("-")
         return Coherence(mode="band", width=int(width), strength=float(strength), steps=int(steps))
     except (ValueError, InvalidRequest) as exc:
-        raise ValueError(f"{name!r}: a coherence variant is {COHERENCE_PREFIX}WIDTH-STRENGTH-STEPS, e.g. "
+        raise UnknownSystem(f"{name!r}: a coherence variant is {COHERENCE_PREFIX}WIDTH-STRENGTH-STEPS, e.g. "
                          f"{COHERENCE_PREFIX}32-0.35-4 ({exc})") from None
 
 
@@ -63,8 +81,20 @@ def large_canvas_variant(name: str):
     try:
         return LargeCanvas(mode="upscale", threshold=1.0, refine_strength=float(setting))
     except ValueError:
-        raise ValueError(f"{name!r}: a large-canvas variant is {LARGE_PREFIX}off or {LARGE_PREFIX}STRENGTH, "
+        raise UnknownSystem(f"{name!r}: a large-canvas variant is {LARGE_PREFIX}off or {LARGE_PREFIX}STRENGTH, "
                          f"e.g. {LARGE_PREFIX}0.5") from None
+
+
+def tile_variant(name: str):
+    """The exact path's FastPathOptions with the tiled decode of "outpaint-ort-cpu+tile-N"."""
+    from outpaint.core.errors import InvalidRequest
+    from outpaint.engine.fast_path import EXACT
+
+    try:
+        return replace(EXACT, decode_tile=int(name.removeprefix(TILE_PREFIX)))
+    except (ValueError, InvalidRequest) as exc:
+        raise UnknownSystem(f"{name!r}: a tiled-decode variant is {TILE_PREFIX}N, N latent cells >= 8, e.g. "
+                            f"{TILE_PREFIX}32 ({exc})") from None
 
 
 FAST_PRECISIONS = {"bf16": "openvino-bf16", "fp32": "openvino-fp32"}
@@ -82,7 +112,7 @@ def fast_variant(name: str):
     if fields and fields[-1] in FAST_PRECISIONS:
         backend = FAST_PRECISIONS[fields.pop()]
     if name.split(":")[0] != "outpaint-fast" or len(fields) not in (0, 3):
-        raise ValueError(f"{name!r}: a fast-path variant is outpaint-fast[:WINDOW:INTERVAL:TAIL][:bf16|:fp32], "
+        raise UnknownSystem(f"{name!r}: a fast-path variant is outpaint-fast[:WINDOW:INTERVAL:TAIL][:bf16|:fp32], "
                          "e.g. outpaint-fast:7:3:0, outpaint-fast:off:1:2 or outpaint-fast:fp32")
     if not fields:
         return FastPathOptions(), backend
@@ -91,7 +121,7 @@ def fast_variant(name: str):
         options = FastPathOptions(window_margin=None if window == "off" else int(window),
                                   feature_cache_interval=int(interval), unguided_tail_steps=int(tail))
     except ValueError:
-        raise ValueError(f"{name!r}: WINDOW is a number of latent cells or off, INTERVAL >= 1 and TAIL >= 0 "
+        raise UnknownSystem(f"{name!r}: WINDOW is a number of latent cells or off, INTERVAL >= 1 and TAIL >= 0 "
                          "are whole numbers, e.g. outpaint-fast:7:3:0") from None
     return options, backend
 
@@ -100,6 +130,8 @@ def fast_variant(name: str):
 class QualityConfig:
     weights: Path = DEFAULT_WEIGHTS
     model: Path = DEFAULT_MODEL
+    inpaint_weights: Path = DEFAULT_INPAINT_WEIGHTS
+    inpaint_model: Path = DEFAULT_INPAINT_MODEL
     systems: Sequence[str] = SYSTEMS
     cases: Sequence[Case] = CASES
     scenes: int | None = None  # cap on held-out scenes per case (None: each case's own count)
@@ -124,16 +156,36 @@ def build_systems(config: QualityConfig) -> list[System]:
     from outpaint.engine.fast_path import EXACT
     from outpaint.engine.pipeline import OutpaintPipeline
 
-    def ours(backend: str, **options: Any) -> OutpaintPipeline:
+    def ours(backend: str, model: Path = config.model, **options: Any) -> OutpaintPipeline:
         # Colour match off: the engine's own images, which the "+colour-MODE" systems post-process, so
         # every colour mode (the default "band" included) is a row of its own beside "off".
         # Coherence off likewise: the "+coherence-..." systems run the pass over these images.
-        return OutpaintPipeline.load(config.model, backend, colour_match="off",
+        return OutpaintPipeline.load(model, backend, colour_match="off",
                                      **{"options": EXACT, "coherence": COHERENCE_OFF, **options})
+
+    def post_base(name: str) -> Ours:
+        base_name = name.split("+", 1)[0]
+        base = next((s for s in systems if s.name == base_name), None)
+        if base_name not in POST_BASES or not isinstance(base, Ours):
+            raise UnknownSystem(f"{name} post-processes the images of one of {', '.join(POST_BASES)}: list that "
+                             "system before it")
+        return base
 
     systems: list[System] = []
     for name in config.systems:
-        if name == "infill":
+        if name.startswith(LARGE_PREFIX):
+            systems.append(Ours(name, ours("ort-cpu", large_canvas=large_canvas_variant(name))))
+        elif "+colour-" in name:
+            systems.append(ColourMatched(name, post_base(name), name.split("+colour-", 1)[1]))
+        elif "+coherence-" in name:
+            systems.append(Cohered(name, post_base(name), coherence_variant(name)))
+        elif name.startswith(TILE_PREFIX):
+            systems.append(Ours(name, ours("ort-cpu", options=tile_variant(name))))
+        elif name == INPAINT9:
+            systems.append(Ours(name, ours("ort-cpu", config.inpaint_model)))
+        elif name == "diffusers-inpaint9":
+            systems.append(Diffusers(config.inpaint_weights, name))
+        elif name == "infill":
             systems.append(Fill(name, "pushpull"))
         elif name == "gray":
             systems.append(Fill(name, "gray"))
@@ -141,18 +193,6 @@ def build_systems(config: QualityConfig) -> list[System]:
             systems.append(Ours(name, ours("ort-cpu")))
         elif name == "outpaint-openvino-fp32":
             systems.append(Ours(name, ours("openvino-fp32")))
-        elif name.startswith("outpaint-ort-cpu+colour-"):
-            base = next((s for s in systems if s.name == "outpaint-ort-cpu"), None)
-            if not isinstance(base, Ours):
-                raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
-            systems.append(ColourMatched(name, base, name.removeprefix("outpaint-ort-cpu+colour-")))
-        elif name.startswith(COHERENCE_PREFIX):
-            base = next((s for s in systems if s.name == "outpaint-ort-cpu"), None)
-            if not isinstance(base, Ours):
-                raise ValueError(f"{name} post-processes outpaint-ort-cpu's images: list that system before it")
-            systems.append(Cohered(name, base, coherence_variant(name)))
-        elif name.startswith(LARGE_PREFIX):
-            systems.append(Ours(name, ours("ort-cpu", large_canvas=large_canvas_variant(name))))
         elif name == RESEED:
             systems.append(Ours(name, ours("ort-cpu"), seed_offset=1))
         elif name.startswith("outpaint-fast"):
@@ -161,7 +201,7 @@ def build_systems(config: QualityConfig) -> list[System]:
         elif name == "diffusers-inpaint":
             systems.append(Diffusers(config.weights))
         else:
-            raise ValueError(f"unknown quality system {name!r}; the systems are {', '.join(SYSTEMS)}")
+            raise UnknownSystem(f"unknown quality system {name!r}; the systems are {', '.join(SYSTEMS)}")
     return systems
 
 
@@ -263,6 +303,7 @@ def quality_result(config: QualityConfig, systems: list[System], rows: list[dict
         "summary": summary,
         "fast_path_bar": fast_path_verdicts(rows, {s.name: s for s in systems}),
         "coherence": coherence_verdicts(rows, [s.name for s in systems]),
+        "paired": paired_verdicts(rows, [s.name for s in systems]),
         "rows": rows,
         **config.extra,
     }
@@ -293,9 +334,27 @@ def coherence_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[s
     return {"reference": reference, "variants": {name: paired_differences(rows, name, reference) for name in variants}}
 
 
+def paired_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[str, Any] | None:
+    """Each 9-channel system against its 4-channel counterpart (NINE_CHANNEL_PAIRS) and each tiled
+    decode against the whole one, on the same (case, seed): paired differences overall and per case."""
+    pairs = [(nine, four) for nine, four in NINE_CHANNEL_PAIRS if nine in systems and four in systems]
+    if "outpaint-ort-cpu" in systems:
+        pairs += [(name, "outpaint-ort-cpu") for name in systems if name.startswith(TILE_PREFIX)]
+    if not pairs:
+        return None
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    return {f"{system} vs {reference}": {
+                "total": paired_differences(rows, system, reference),
+                **{case: paired_differences([r for r in rows if r["case"] == case], system, reference)
+                   for case in cases}}
+            for system, reference in pairs}
+
+
 def run_quality(config: QualityConfig) -> dict[str, Any]:
-    if any(name.startswith("outpaint-") for name in config.systems):
+    if any(name.startswith("outpaint-") and not name.startswith(INPAINT9) for name in config.systems):
         ensure_exported(config.weights, config.model)
+    if any(name.startswith(INPAINT9) for name in config.systems):
+        ensure_exported(config.inpaint_weights, config.inpaint_model)
     systems = build_systems(config)
     rows: list[dict[str, Any]] = []
     sheet: dict[str, dict[str, np.ndarray]] = {}
@@ -327,7 +386,7 @@ def run_quality(config: QualityConfig) -> dict[str, Any]:
     config.out_json.write_text(json.dumps(result, indent=1) + "\n")
     config.out_markdown.write_text(markdown(result))
     shown = [s.name for s in systems
-             if s.name in SHEET_SYSTEMS or s.name.startswith((LARGE_PREFIX, COHERENCE_PREFIX))]
+             if s.name in SHEET_SYSTEMS or s.name.startswith((LARGE_PREFIX, COHERENCE_PREFIX, INPAINT9))]
     shown = shown or [s.name for s in systems]
     contact_sheet(config.out_sheet, sheet, shown)
     return result

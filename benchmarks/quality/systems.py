@@ -123,13 +123,14 @@ class Cohered:
 
 
 class Diffusers:
-    """diffusers' StableDiffusionInpaintPipeline (4-channel UNet: it blends the known latents each step)
-    on the same diffusers folder, fed our infilled canvas, mask and initial noise."""
+    """diffusers' StableDiffusionInpaintPipeline on the same diffusers folder, fed our infilled canvas,
+    mask and initial noise (a 4-channel UNet: it blends the known latents each step; a 9-channel one
+    sees the mask and the masked image's latents)."""
 
-    name = "diffusers-inpaint"
     generative = True
 
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, weights: Path, name: str = "diffusers-inpaint") -> None:
+        self.name = name
         import torch
         from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 

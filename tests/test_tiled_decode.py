@@ -1,0 +1,73 @@
+"""The tiled VAE decode (engine/tiled_decode.py): tiles cover the canvas with the overlap asked, the
+blend weights sum to one, a decoder without context gives exactly the whole decode, and canvases that
+fit in one tile decode bit for bit as before."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from outpaint.core.errors import InvalidRequest
+from outpaint.engine.fast_path import EXACT, FastPathOptions
+from outpaint.engine.tiled_decode import decode_tiled, tile_starts
+
+
+@pytest.mark.parametrize("size", [8, 64, 65, 80, 96, 128, 129, 200])
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (32, 8), (8, 2)])
+def test_tiles_cover_the_axis_with_at_least_the_overlap(size, tile, overlap):
+    starts = tile_starts(size, tile, overlap)
+    assert starts[0] == 0
+    if size <= tile:
+        assert starts == [0]
+        return
+    assert starts[-1] == size - tile
+    gaps = np.diff(starts)
+    assert (gaps > 0).all() and (tile - gaps >= overlap).all()
+    assert len(starts) == 1 + int(np.ceil((size - tile) / (tile - overlap)))  # no more tiles than needed
+
+
+def _pointwise(latents: np.ndarray) -> np.ndarray:
+    """A decoder with no context: each cell's first three channels, repeated over its 8x8 pixels."""
+    return np.repeat(np.repeat(latents[:, :3], 8, axis=2), 8, axis=3).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (128, 64), (100, 72), (64, 200)])
+def test_a_decoder_without_context_is_decoded_exactly(shape):
+    latents = np.random.default_rng(0).standard_normal((1, 4, *shape), dtype=np.float32)
+    calls = []
+
+    def decode(z):
+        calls.append(z.shape[2:])
+        return _pointwise(z)
+
+    tiled = decode_tiled(decode, latents, 64, 16)
+    np.testing.assert_allclose(tiled, _pointwise(latents), rtol=0, atol=1e-5)
+    assert len(calls) > 1 and all(h <= 64 and w <= 64 for h, w in calls)
+
+
+def test_one_tile_is_the_whole_decode():
+    latents = np.random.default_rng(1).standard_normal((1, 4, 64, 48), dtype=np.float32)
+    out = decode_tiled(lambda z: z[:, :3].repeat(8, 2).repeat(8, 3) * 2, latents, 64, 16)
+    np.testing.assert_array_equal(out, latents[:, :3].repeat(8, 2).repeat(8, 3) * 2)
+
+
+def test_bad_tiles_name_the_option():
+    with pytest.raises(InvalidRequest, match="decode_tile"):
+        FastPathOptions(decode_tile=4)
+    with pytest.raises(ValueError, match="overlap"):
+        decode_tiled(_pointwise, np.zeros((1, 4, 80, 80), np.float32), 64, 64)
+
+
+def test_the_pipeline_tiles_past_the_tile_and_not_within_it(tiny_model_dir):
+    from outpaint.engine.pipeline import OutpaintPipeline
+    from tests.conftest import make_png, make_request
+
+    whole = OutpaintPipeline.load(tiny_model_dir, "ort-cpu")
+    tiled = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", options=dataclasses.replace(EXACT, decode_tile=8))
+    small = make_request(img_width=64, img_height=64, offset_x=16, offset_y=16, num_inference_steps=2, seed=3)
+    large = make_request(img_width=192, img_height=128, offset_x=64, offset_y=32, num_inference_steps=2, seed=3)
+    png = make_png(32, 32)
+    np.testing.assert_array_equal(whole(png, small).image, tiled(png, small).image)
+    a, b = whole(png, large).image, tiled(png, large).image
+    assert a.shape == b.shape == (128, 192, 3)
+    assert not np.array_equal(a, b), "each tile's decoder sees only the tile"
