@@ -71,3 +71,29 @@ def test_the_pipeline_tiles_past_the_tile_and_not_within_it(tiny_model_dir):
     a, b = whole(png, large).image, tiled(png, large).image
     assert a.shape == b.shape == (128, 192, 3)
     assert not np.array_equal(a, b), "each tile's decoder sees only the tile"
+
+
+def test_the_benchmark_variant_is_the_pipeline_with_tiles(tiny_model_dir):
+    """`+tile-N` decodes the base's latents again: it must give exactly what the pipeline loaded with
+    that decode tile gives."""
+    from outpaint.benchmarks.quality.cases import Case
+    from outpaint.benchmarks.quality.metrics import Rect
+    from outpaint.benchmarks.quality.run import UnknownSystem, tile_variant
+    from outpaint.benchmarks.quality.systems import Ours, Retiled, request_for
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.coherence import COHERENCE_OFF
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    assert tile_variant("outpaint-ort-cpu+tile-8") == 8
+    with pytest.raises(UnknownSystem, match="decode_tile"):
+        tile_variant("outpaint-ort-cpu+tile-4")
+    case = Case("t", 256, 192, Rect(0, 0, 128, 192))
+    source = np.random.default_rng(3).integers(0, 256, (192, 128, 3), dtype=np.uint8)
+    base = Ours("outpaint-ort-cpu", OutpaintPipeline.load(tiny_model_dir, colour_match="off", coherence=COHERENCE_OFF))
+    untiled = base.outpaint(case, source, "a lighthouse", 7)
+    variant = Retiled("v", base, 8).outpaint(case, source, "a lighthouse", 7)
+    engine = OutpaintPipeline.load(tiny_model_dir, colour_match="off", coherence=COHERENCE_OFF,
+                                   options=dataclasses.replace(EXACT, decode_tile=8))
+    whole = engine(cv.SourceImage(rgb=source, known=np.ones((192, 128), bool)), request_for(case, "a lighthouse", 7))
+    np.testing.assert_array_equal(variant, whole.image)
+    assert not np.array_equal(variant, untiled)

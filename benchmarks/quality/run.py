@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from .cases import CASES, Case
 from .metrics import seam_score
 from .report import contact_sheet, markdown
 from .score import score
-from .systems import STEPS, Cohered, ColourMatched, Diffusers, Fill, Ours, System
+from .systems import STEPS, Cohered, ColourMatched, Diffusers, Fill, Ours, Retiled, System
 
 DEFAULT_WEIGHTS = Path("weights/scenes")
 DEFAULT_MODEL = Path("models/scenes")  # the exported graphs (made from the weights when missing)
@@ -38,13 +38,13 @@ SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outp
 # "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced) and
 # "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (its images with the default colour match and the
 # coherence pass at those settings; after outpaint-ort-cpu; "+colour-band" is the same with the pass off).
-# "outpaint-ort-cpu+tile-N" is the exact path with the fast path's tiled decode at N latent cells.
+# "outpaint-ort-cpu+tile-N" is outpaint-ort-cpu's latents decoded with the fast path's tiled decode at N cells.
 # "outpaint-inpaint9" is the exact path on the 9-channel inpainting model, and takes the same "+colour-MODE"
 # and "+coherence-..." suffixes; "diffusers-inpaint9" is diffusers' pipeline on that model.
 RESEED = "outpaint-ort-cpu-reseed"
 LARGE_PREFIX = "outpaint-ort-cpu+large-"
 COHERENCE_PREFIX = "outpaint-ort-cpu+coherence-"
-TILE_PREFIX = "outpaint-ort-cpu+tile-"  # the exact path with the VAE decoded in tiles of N latent cells
+TILE_PREFIX = "outpaint-ort-cpu+tile-"  # its images' latents decoded again in tiles of N latent cells
 POST_BASES = ("outpaint-ort-cpu", INPAINT9)  # the systems whose images "+colour-" / "+coherence-" post-process
 # (9-channel, 4-channel) pairs whose paired differences the report shows when both ran: raw, at the engine's
 # defaults (colour match and coherence pass), and in diffusers' pipeline.
@@ -85,13 +85,15 @@ def large_canvas_variant(name: str):
                          f"e.g. {LARGE_PREFIX}0.5") from None
 
 
-def tile_variant(name: str):
-    """The exact path's FastPathOptions with the tiled decode of "outpaint-ort-cpu+tile-N"."""
+def tile_variant(name: str) -> int:
+    """The decode tile (latent cells) of "outpaint-ort-cpu+tile-N"."""
     from outpaint.core.errors import InvalidRequest
-    from outpaint.engine.fast_path import EXACT
+    from outpaint.engine.fast_path import FastPathOptions
 
     try:
-        return replace(EXACT, decode_tile=int(name.removeprefix(TILE_PREFIX)))
+        tile = int(name.removeprefix(TILE_PREFIX))
+        FastPathOptions(decode_tile=tile)  # the engine's own bounds
+        return tile
     except (ValueError, InvalidRequest) as exc:
         raise UnknownSystem(f"{name!r}: a tiled-decode variant is {TILE_PREFIX}N, N latent cells >= 8, e.g. "
                             f"{TILE_PREFIX}32 ({exc})") from None
@@ -180,7 +182,7 @@ def build_systems(config: QualityConfig) -> list[System]:
         elif "+coherence-" in name:
             systems.append(Cohered(name, post_base(name), coherence_variant(name)))
         elif name.startswith(TILE_PREFIX):
-            systems.append(Ours(name, ours("ort-cpu", options=tile_variant(name))))
+            systems.append(Retiled(name, post_base(name), tile_variant(name)))
         elif name == INPAINT9:
             systems.append(Ours(name, ours("ort-cpu", config.inpaint_model)))
         elif name == "diffusers-inpaint9":

@@ -4,6 +4,7 @@ on the same weights with the same noise, infill, mask and paste-back."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,27 @@ class Cohered:
                                          self.settings, self.colour_match)
         result = [item for item in passes if isinstance(item, OutpaintResult)][-1]
         return result.image
+
+
+@dataclass
+class Retiled:
+    """`base`'s latest generation decoded again with the tiled VAE decode at `tile` latent cells
+    (engine/tiled_decode.py), then pasted back: the same image as the pipeline loaded with that
+    `decode_tile` (tests/test_tiled_decode.py checks it), without denoising again."""
+
+    name: str
+    base: Ours
+    tile: int
+    generative: bool = False  # it adds no generation; its time is the base's
+
+    def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        result = self.base.last
+        if result is None:
+            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        pipeline = copy.copy(self.base.pipeline)  # shares the loaded graphs; only the options differ
+        assert isinstance(pipeline, OutpaintPipeline)
+        pipeline.options = dataclasses.replace(pipeline.options, decode_tile=self.tile)
+        return cv.paste_back(pipeline.decode_latents(result.latents), result.canvas)
 
 
 class Diffusers:
