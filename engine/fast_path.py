@@ -14,10 +14,10 @@ Levers (each measured in benchmarks/; see docs/benchmarks.md for what each one b
   the mask, an approximation inside it (less context for attention and convolutions).
 - guidance-free tail (`unguided_tail_steps`): the last steps run the UNet on the prompt alone
   (batch 1 instead of 2). An approximation: it changes the image, a little at low noise levels.
-- tiled decode (`decode_tile`, engine/tiled_decode.py): a canvas with a side past the tile size is
-  decoded in overlapping tiles blended linearly, so the decoder's activations are one tile's (2.3 GiB
-  at 1024x1024 for SD 1.5, a quarter at 512x512). An approximation: each tile's GroupNorms and
-  attention see only the tile. Canvases that fit in one tile decode as before, bit for bit.
+- tiled decode (`decode_tile`, engine/tiled_decode.py): a canvas larger than a tile in area is
+  decoded in overlapping tiles blended linearly, so the decoder's activations are at most one tile's
+  (2.3 GiB at 1024x1024 for SD 1.5). An approximation: each tile's GroupNorms and attention see only
+  the tile. Canvases no larger than a tile decode as before, bit for bit.
 - feature caching across steps (`feature_cache_interval`, DeepCache): every k-th UNet call runs the
   whole UNet and keeps its deep feature; the calls between run only the shallow path on top of it
   (export/feature_cache.py). An approximation: the deep feature is up to k-1 calls old.
@@ -58,10 +58,12 @@ class FastPathOptions:
     # Whole-UNet calls every k-th call, shallow path in between; 1 = off. Needs the unet_deep and
     # unet_shallow graphs (exported by default). The interval's speed/fidelity trade: docs/benchmarks.md.
     feature_cache_interval: int = 3
-    # Latent cells: a canvas with a side past this is decoded in overlapping tiles of this size (a
-    # quarter of a tile's overlap); None = one piece. 64 cells is SD 1.5's native 512 px, so every
-    # canvas up to 512x512 decodes exactly as before. Its memory and picture: docs/benchmarks.md.
-    decode_tile: int | None = 64
+    # Latent cells: a canvas larger in area than a square tile of this side is decoded in overlapping
+    # tiles of this size (a quarter of a tile's overlap); None = one piece. 80 cells (640 px) is the
+    # smallest tile that splits a 1024 px side in two with that overlap: 1024x1024 decodes 4 tiles
+    # (1.56x the pixels) where 64-cell tiles took 9 (2.25x, and 2.1x the time); every canvas up to
+    # 640x640 in area (768x512 too) decodes exactly as before. Memory and picture: docs/benchmarks.md.
+    decode_tile: int | None = 80
 
     def __post_init__(self) -> None:
         for name in ("decode_margin", "window_margin"):

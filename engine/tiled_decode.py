@@ -1,5 +1,6 @@
-"""Tiled VAE decode: a canvas past the tile size decoded in overlapping tiles, blended linearly where
-they overlap, so the decoder's activations (2.3 GiB for SD 1.5 at 1024x1024) are those of one tile.
+"""Tiled VAE decode: a canvas larger than a tile (in area) decoded in overlapping tiles, blended
+linearly where they overlap, so the decoder's activations (2.3 GiB for SD 1.5 at 1024x1024) are at
+most those of one tile.
 
 A fast-path lever (`FastPathOptions.decode_tile`), because it changes pixels: each tile's GroupNorms
 see only that tile, and its attention only the tile's cells. The blend hides the tiles' borders; what
@@ -52,11 +53,12 @@ def decode_tiled(
     overlap: int,
 ) -> np.ndarray:
     """(1, 3, 8h, 8w) float32: `latents` decoded in tiles of at most `tile` x `tile` cells that overlap
-    by at least `overlap` cells, blended. Decodes in one piece when both sides fit in one tile."""
+    by at least `overlap` cells, blended. Decodes in one piece when the canvas is no larger than one
+    tile in area: the decoder's memory follows the area, so such a canvas costs no more than a tile."""
     if not 0 <= overlap < tile:
         raise ValueError(f"the overlap must be from 0 to tile - 1 cells, got {overlap} for tile {tile}")
     h, w = latents.shape[2:]
-    if h <= tile and w <= tile:
+    if h * w <= tile * tile:
         return decode(latents)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wy, wx = _axis_weights(ys, tile, h), _axis_weights(xs, tile, w)

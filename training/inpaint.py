@@ -24,8 +24,8 @@ from .data import render_examples
 from .figures import loss_curve
 from .latents import ENCODE_BATCH, tokenize
 from .masks import random_mask
-from .optim import ema_update, lr_at
-from .unet import SAVE_EVERY_S, sd15_alphas_cumprod
+from .optim import ema_update, lr_at, optimiser_step
+from .unet import SAVE_EVERY_S, min_snr_loss, noised, sd15_alphas_cumprod
 
 # uint8 127, the engine's blank for the masked image (engine/pipeline.condition), in the VAE's range.
 BLANK = 127 / 127.5 - 1
@@ -159,23 +159,12 @@ def train_inpainting(recipe: InpaintRecipe, base: Path, state_path: Path):
         height, width, count = recipe.shapes[step % len(recipe.shapes)]
         latents, extra, ids = inpaint_batch(cache, encoder, recipe, step_rng(recipe.seed, step), height, width,
                                             count)
-        generator = torch_generator(recipe.seed, step)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, len(alphas_cumprod), (count,), generator=generator)
-        a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy, noise, timesteps, a = noised(latents, alphas_cumprod, torch_generator(recipe.seed, step))
         with torch.no_grad():
             context = text(ids)[0]  # (B, 77, hidden), the frozen encoder's last hidden state
         predicted = unet(torch.cat([noisy, extra], dim=1), timesteps, context).sample
-        snr = a.view(-1) / (1 - a.view(-1))
-        weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
-        loss = (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, recipe.lr, recipe.warmup, recipe.steps)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimiser.step()
+        loss = min_snr_loss(predicted, noise, a, recipe.min_snr_gamma)
+        optimiser_step(optimiser, loss, unet.parameters(), lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
         ema_update(unet_ema, unet, recipe.ema_decay, step)
         history.append((step, loss.item()))
         bar.set_postfix(loss=f"{np.mean([h[1] for h in history[-50:]]):.4f}")

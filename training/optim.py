@@ -22,3 +22,16 @@ def ema_update(average, model, decay: float, step: int) -> None:
     with torch.no_grad():
         for a, p in zip(average.parameters(), model.parameters(), strict=True):
             a.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def optimiser_step(optimiser, loss, params, lr: float) -> None:
+    """One AdamW step of every stage: the learning rate of this step, gradients of `loss` clipped to
+    norm 1 over `params`."""
+    import torch
+
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimiser.step()

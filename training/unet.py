@@ -14,7 +14,7 @@ from outpaint.export.random_models import SD15_SCHEDULER_CONFIG
 
 from .checkpoint import load_state, save_state, step_rng, torch_generator
 from .config import UnetRecipe, text_encoder_config, unet_config
-from .optim import ema_update, lr_at
+from .optim import ema_update, lr_at, optimiser_step
 
 SAVE_EVERY_S = 120.0
 
@@ -27,6 +27,26 @@ def sd15_alphas_cumprod():
     betas = torch.linspace(c["beta_start"] ** 0.5, c["beta_end"] ** 0.5, c["num_train_timesteps"],
                            dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, 0).float()
+
+
+def noised(latents, alphas_cumprod, generator):
+    """SD 1.5's forward process at random timesteps: (noisy latents, the noise, the timesteps (B,), the
+    cumulative alphas (B, 1, 1, 1)), drawn from `generator` (noise first, then timesteps)."""
+    import torch
+
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, len(alphas_cumprod), (latents.shape[0],), generator=generator)
+    a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise, noise, timesteps, a
+
+
+def min_snr_loss(predicted, noise, a, gamma: float):
+    """Epsilon MSE per image weighted by min(SNR, gamma) / SNR (Hang et al. 2023), averaged."""
+    import torch
+
+    snr = a.view(-1) / (1 - a.view(-1))
+    weight = torch.clamp(snr, max=gamma) / snr
+    return (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def batch_of_crops(cache: dict[str, np.ndarray], rng: np.random.Generator, height: int, width: int, count: int,
@@ -72,23 +92,12 @@ def train_unet(recipe: UnetRecipe, cache: dict[str, np.ndarray], state_path: Pat
     for step in bar:
         height, width, count = recipe.shapes[step % len(recipe.shapes)]
         crops, ids = batch_of_crops(cache, step_rng(recipe.seed, step), height, width, count, recipe.prompt_dropout)
-        latents = torch.from_numpy(crops)
-        generator = torch_generator(recipe.seed, step)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, len(alphas_cumprod), (count,), generator=generator)
-        a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy, noise, timesteps, a = noised(torch.from_numpy(crops), alphas_cumprod,
+                                            torch_generator(recipe.seed, step))
         context = text(torch.from_numpy(ids))[0]  # (B, 77, hidden) last hidden state, as SD 1.5 uses it
         predicted = unet(noisy, timesteps, context).sample
-        snr = a.view(-1) / (1 - a.view(-1))
-        weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
-        loss = (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, recipe.lr, recipe.warmup, recipe.schedule_steps)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
+        loss = min_snr_loss(predicted, noise, a, recipe.min_snr_gamma)
+        optimiser_step(optimiser, loss, params, lr_at(step, recipe.lr, recipe.warmup, recipe.schedule_steps))
         ema_update(unet_ema, unet, recipe.ema_decay, step)
         ema_update(text_ema, text, recipe.ema_decay, step)
         history.append((step, loss.item()))

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .checkpoint import load_state, save_state, step_rng, torch_generator
 from .config import NATIVE_PX, VaeRecipe, vae_config
 from .data import render_examples
-from .optim import lr_at
+from .optim import lr_at, optimiser_step
 
 SAVE_EVERY_S = 120.0
 
@@ -50,12 +50,7 @@ def train_vae(recipe: VaeRecipe, state_path: Path):
         l1 = (y - x).abs().mean()
         kl = posterior.kl().mean()
         loss = l1 + recipe.gradient_weight * _gradient_l1(y, x) + recipe.kl_weight * kl
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, recipe.lr, recipe.warmup, recipe.steps)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
+        optimiser_step(optimiser, loss, vae.parameters(), lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
         history.append((step, l1.item(), kl.item()))
         bar.set_postfix(l1=f"{l1.item():.4f}")
         if time.monotonic() - last_save > SAVE_EVERY_S or step + 1 == recipe.steps:

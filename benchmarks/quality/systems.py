@@ -79,6 +79,13 @@ class Ours:
         return self.last.image
 
 
+def latest(base: Ours, name: str) -> OutpaintResult:
+    """`base`'s latest result, which the post-processing system `name` works on."""
+    if base.last is None:
+        raise RuntimeError(f"{name} runs after {base.name}")
+    return base.last
+
+
 @dataclass
 class ColourMatched:
     """`base`'s latest generation with its colours matched (engine/colour_match.py) before paste-back:
@@ -90,9 +97,7 @@ class ColourMatched:
     generative: bool = False  # it adds no generation; its time is the base's
 
     def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
-        result = self.base.last
-        if result is None:
-            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        result = latest(self.base, self.name)
         matched = match_colours(result.decoded, result.canvas.rgb, result.canvas.known, self.mode)
         return cv.paste_back(matched, result.canvas)
 
@@ -110,9 +115,7 @@ class Cohered:
     generative: bool = True
 
     def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
-        result = self.base.last
-        if result is None:
-            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        result = latest(self.base, self.name)
         pipeline = self.base.pipeline
         assert isinstance(pipeline, OutpaintPipeline)
         matched = match_colours(result.decoded, result.canvas.rgb, result.canvas.known, self.colour_match)
@@ -135,9 +138,7 @@ class Retiled:
     generative: bool = False  # it adds no generation; its time is the base's
 
     def outpaint(self, case: Case, source: np.ndarray, prompt: str, seed: int) -> np.ndarray:
-        result = self.base.last
-        if result is None:
-            raise RuntimeError(f"{self.name} runs after {self.base.name}")
+        result = latest(self.base, self.name)
         pipeline = copy.copy(self.base.pipeline)  # shares the loaded graphs; only the options differ
         assert isinstance(pipeline, OutpaintPipeline)
         pipeline.options = dataclasses.replace(pipeline.options, decode_tile=self.tile)
