@@ -20,8 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"core", "kernels", "engine"},
     "server": {"core", "engine"},
     "benchmarks": {"core", "kernels", "engine", "export", "server", "scenes"},
-    # Trains the small model; writes a diffusers folder that `export` reads like any other.
-    "training": {"core", "export", "scenes"},
+    # Trains the small model; writes a diffusers folder that `export` reads like any other. The
+    # inpainting stage takes the engine's own masks, blanking and latent mask, so the 9-channel UNet
+    # trains on exactly what the runtime feeds it (the engine never imports training).
+    "training": {"core", "engine", "export", "scenes"},
 }
 
 
