@@ -38,6 +38,7 @@ from outpaint.core.graphs import (
     UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
+    int8_key,
 )
 from outpaint.core.manifest import read_manifest
 
@@ -166,8 +167,9 @@ class OutpaintPipeline:
             raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: the export did not finish; re-run it")
         # Before any runtime reads them: a truncated graph is a clear error naming the file and the
         # command that repairs it, not a protobuf traceback. The fused-attention twins are what the
-        # ONNX Runtime backends read, the plain graphs what the others read: both are checked.
-        twins = [f"{name}.mha" for name in names if f"{name}.mha" in self.manifest.graphs]
+        # ONNX Runtime backends read, the plain graphs what the others read: both are checked, and the
+        # int8 twins openvino-int8 reads (export/quantize.py).
+        twins = [twin for name in names for twin in (f"{name}.mha", int8_key(name)) if twin in self.manifest.graphs]
         self.manifest.check_files(folder, [*names, *twins])
         self.schedule_config = NoiseScheduleConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
@@ -225,7 +227,8 @@ class OutpaintPipeline:
         return mean * self.scaling_factor
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        """(1, 4, h, w) latents -> (H, W, 3) uint8; in tiles past the fast path's `decode_tile`."""
+        """(1, 4, h, w) latents -> (H, W, 3) uint8; in tiles where the latents' area exceeds one square
+        tile of the fast path's `decode_tile` cells (engine/tiled_decode.py)."""
         def decode(z: np.ndarray) -> np.ndarray:
             return self.graphs[VAE_DECODER].run({LATENT: z})[IMAGE]
 

@@ -4,9 +4,9 @@ most those of one tile.
 
 A fast-path lever (`FastPathOptions.decode_tile`), because it changes pixels: each tile's GroupNorms
 see only that tile, and its attention only the tile's cells. The blend hides the tiles' borders; what
-it costs in the picture is measured on the quality benchmark (docs/quality.md, "Tiled decode"), the
-memory it saves in benchmarks/RESULTS.md ("Memory"). diffusers' `enable_vae_tiling` does the same
-with 512 px tiles and a quarter of a tile's overlap.
+it costs in the picture is measured on the quality benchmark (docs/quality.md, "The 9-channel
+inpainting model and the tiled decode"), the memory it saves in benchmarks/RESULTS.md ("Memory").
+diffusers' `enable_vae_tiling` does the same with 512 px tiles and a quarter of a tile's overlap.
 """
 
 from __future__ import annotations

@@ -5,13 +5,15 @@ Nothing here imports FastAPI or uvicorn at module level: the CLI works without t
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from outpaint.engine import coherence, colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
+from outpaint.engine.fast_path import MIN_DECODE_TILE, FastPathOptions
 
 from .config import MIB, ServerConfig
 
@@ -30,6 +32,7 @@ def add_serve(sub) -> None:
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
                    "area, several times faster (docs/benchmarks.md); without --backend it runs bf16 where "
                    "this CPU has it natively, else fp32, and logs which")
+    _add_decode_tile(p)
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     coherence.add_arguments(p)
@@ -72,7 +75,8 @@ def _cmd_serve(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), coherence=coherence.from_arguments(args),
+        decode_tile=args.decode_tile, large_canvas=large_canvas.from_arguments(args),
+        coherence=coherence.from_arguments(args),
         colour_match=args.colour_match, no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
         drain_timeout_s=args.drain_timeout_s, max_body_bytes=args.max_body_bytes,
@@ -109,6 +113,7 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
                    help="graph runtime (default ort-cpu)")
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path (see `outpaint serve --help`)")
+    _add_decode_tile(p)
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     coherence.add_arguments(p)
@@ -153,7 +158,8 @@ def _cmd_serve_ray(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        large_canvas=large_canvas.from_arguments(args), coherence=coherence.from_arguments(args),
+        decode_tile=args.decode_tile, large_canvas=large_canvas.from_arguments(args),
+        coherence=coherence.from_arguments(args),
         colour_match=args.colour_match,
         no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
         timeout_s=args.timeout_s, body_timeout_s=args.body_timeout_s, max_body_bytes=args.max_body_bytes,
@@ -165,6 +171,23 @@ def _cmd_serve_ray(args) -> int:
         max_queued_requests=args.max_queued_requests,
     )
     return serve_ray(config, options, address=args.address, num_cpus=args.num_cpus)
+
+
+def _decode_tile(text: str) -> int | Literal["auto"] | None:
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of latent cells, 'off' or 'auto', got {text!r}") from None
+
+
+def _add_decode_tile(p) -> None:
+    p.add_argument("--decode-tile", type=_decode_tile, default="auto", metavar="CELLS|off|auto",
+                   help=f"decode canvases larger in area than a CELLS x CELLS latent tile in overlapping tiles, "
+                        f"bounding the decoder's memory (engine/tiled_decode.py; >= {MIN_DECODE_TILE}); 'auto' "
+                        f"(default): {FastPathOptions().decode_tile} with --fast, one piece without it; a server "
+                        "that must stay under 6 GiB with 1024x1024 canvases uses 64 (docs/benchmarks.md, \"Memory\")")
 
 
 def _add_sequence_limits(p, defaults: ServerConfig) -> None:

@@ -25,7 +25,6 @@ log = logging.getLogger("outpaint.server")
 def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]:
     """The pipeline `config` asks for, and the config with the backend that `--fast` resolved to."""
     from outpaint.engine.cpu_features import resolve_backend
-    from outpaint.engine.fast_path import EXACT, FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
     backend, reason = resolve_backend(config.backend, config.fast)
@@ -33,7 +32,7 @@ def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]
         log.info("--fast: %s", reason)
     config = dataclasses.replace(config, backend=backend)
     started = time.perf_counter()
-    pipeline = OutpaintPipeline.load(config.model, backend, options=FastPathOptions() if config.fast else EXACT,
+    pipeline = OutpaintPipeline.load(config.model, backend, options=config.fast_path_options(),
                                      large_canvas=config.large_canvas, colour_match=config.colour_match,
                                      coherence=config.coherence)
     log.info("loaded %s (%s%s) in %.1f s", config.model, backend, ", fast path" if config.fast else "",

@@ -2,6 +2,7 @@
 blend weights sum to one, a decoder without context gives exactly the whole decode, and canvases that
 fit in one tile decode bit for bit as before."""
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -97,3 +98,22 @@ def test_the_benchmark_variant_is_the_pipeline_with_tiles(tiny_model_dir):
     whole = engine(cv.SourceImage(rgb=source, known=np.ones((192, 128), bool)), request_for(case, "a lighthouse", 7))
     np.testing.assert_array_equal(variant, whole.image)
     assert not np.array_equal(variant, untiled)
+
+
+def test_the_server_flag_reaches_the_pipeline(tiny_model_dir):
+    from outpaint.server.cli import _decode_tile
+    from outpaint.server.config import ServerConfig
+    from outpaint.server.loading import load_pipeline
+
+    assert (_decode_tile("auto"), _decode_tile("off"), _decode_tile("64")) == ("auto", None, 64)
+    with pytest.raises(argparse.ArgumentTypeError, match="latent cells, 'off' or 'auto', got 'big'"):
+        _decode_tile("big")
+    base = ServerConfig(model=tiny_model_dir, no_auth=True)
+    # "auto": the fast path's default with --fast, the exact path (one piece) without it.
+    assert base.fast_path_options() == EXACT
+    assert dataclasses.replace(base, fast=True).fast_path_options() == FastPathOptions()
+    assert dataclasses.replace(base, fast=True, decode_tile=None).fast_path_options().decode_tile is None
+    assert dataclasses.replace(base, decode_tile=7).problems() == [
+        "--decode-tile must be off or >= 8 latent cells, got 7"]
+    _, pipeline = load_pipeline(dataclasses.replace(base, decode_tile=8))
+    assert pipeline.options == dataclasses.replace(EXACT, decode_tile=8)
