@@ -14,8 +14,10 @@ OURS = ("outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-openvino-bf16", 
 # The fast path; "-static" compiles OpenVINO models per input shape instead of one dynamic-shape model
 # per batch (engine/backends/openvino.py), to show what the dynamic default costs or saves. Run only
 # when named.
-FAST_SYSTEMS = ("outpaint-fast", "outpaint-fast-static")
-ON_REQUEST = ("outpaint-fast-static",)
+# "-int8" runs it on openvino-int8 whatever `--fast-backend` says (the model needs `outpaint quantize`),
+# to compare int8 with outpaint-fast's precision in one run.
+FAST_SYSTEMS = ("outpaint-fast", "outpaint-fast-static", "outpaint-fast-int8")
+ON_REQUEST = ("outpaint-fast-static", "outpaint-fast-int8")
 # optimum-ort-inpaint: optimum's ORTStableDiffusionInpaintPipeline on optimum's export of the same weights,
 # run in optimum's own virtualenv (benchmarks/systems_optimum.py).
 OPTIMUM = "optimum-ort-inpaint"

@@ -62,7 +62,8 @@ def _load(system: str, config: BenchConfig):
                                   unguided_tail_steps=fast.unguided_tail_steps,
                                   feature_cache_interval=fast.feature_cache_interval, decode_tile=fast.decode_tile)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
-        return OutpaintPipeline.load(config.model_dir, fast.backend or fast_backend().backend, options=options,
+        backend = "openvino-int8" if system == "outpaint-fast-int8" else fast.backend or fast_backend().backend
+        return OutpaintPipeline.load(config.model_dir, backend, options=options,
                                      large_canvas=LARGE_CANVAS_OFF, colour_match="off",
                                      coherence=COHERENCE_OFF)
     return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system], large_canvas=LARGE_CANVAS_OFF,

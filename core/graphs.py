@@ -24,6 +24,26 @@ UNET_DEEP = "unet_deep"  # the whole UNet that also returns its deep feature (ex
 UNET_SHALLOW = "unet_shallow"  # the UNet's shallow path on a cached deep feature
 GRAPHS = (TEXT_ENCODER, UNET, VAE_ENCODER, VAE_DECODER)  # what every pipeline runs
 FEATURE_CACHE_GRAPHS = (UNET_DEEP, UNET_SHALLOW)  # the UNet split feature caching runs; exported by default
+# `outpaint quantize` (export/quantize.py) writes an int8 twin `<graph>.int8` of these, which the
+# openvino-int8 backend runs in their place; the text encoder and the VAE stay in bf16 or fp32.
+QUANTIZABLE_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)
+INT8 = "int8"  # the twin's variant: manifest key `unet_deep.int8`, file `unet_deep/model.int8.xml`
+
+
+def fast_path_unet_graphs(exported: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The UNet graphs the fast path runs in a folder that exported `exported`: the split where the
+    export made it, else the whole UNet."""
+    return FEATURE_CACHE_GRAPHS if all(g in exported for g in FEATURE_CACHE_GRAPHS) else (UNET,)
+
+
+def int8_key(graph: str) -> str:
+    """The manifest key of `graph`'s int8 twin."""
+    return f"{graph}.{INT8}"
+
+
+def int8_file(graph: str) -> str:
+    """Where `graph`'s int8 twin lives in the model folder: OpenVINO IR (its .bin beside it)."""
+    return f"{graph}/model.{INT8}.xml"
 
 # Tensor names of those graphs.
 INPUT_IDS = "input_ids"  # (B, 77) int64, text encoder in

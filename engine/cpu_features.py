@@ -44,6 +44,11 @@ class CpuFeatures:
         return self.has("avx512_vnni") or self.has("avx_vnni")
 
     @property
+    def int8_dot(self) -> bool:
+        """Fast int8 matrix products: VNNI or AMX-INT8 (Sapphire Rapids+), what openvino-int8 pays off on."""
+        return self.vnni or self.has("amx_int8")
+
+    @property
     def openvino(self) -> bool:
         return self.openvino_capabilities is not None
 
@@ -134,14 +139,22 @@ def has_native_bf16() -> bool:
     return cpu_features().native_bf16
 
 
-def fast_backend(features: CpuFeatures | None = None) -> BackendChoice:
-    """The fast path's backend: bf16 on OpenVINO where it is native, else ONNX Runtime in fp32.
+def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) -> BackendChoice:
+    """The fast path's backend: the UNet in int8 on OpenVINO where the model has int8 twins (`outpaint
+    quantize`, an explicit choice of its owner) and the CPU has int8 dot products; else bf16 on OpenVINO
+    where it is native, else ONNX Runtime in fp32.
 
     Without native bf16 ONNX Runtime is the faster fp32 runtime: its guided UNet step at 512x512
     took 15.75 s against OpenVINO fp32's 18.15 s on an AVX2-only machine, and 8.57 s against 8.53 s
     (parity) on AVX-512 (docs/benchmarks.md); one session also serves every shape with one copy of
     the weights."""
     f = cpu_features() if features is None else features
+    if f.openvino and int8_twins and f.int8_dot:
+        rest = "bf16" if f.native_bf16 else "fp32"
+        units = " and ".join(n for n, on in (("VNNI", f.vnni), ("AMX-INT8", f.has("amx_int8"))) if on)
+        return BackendChoice("openvino-int8", "int8", f"the model has int8 UNet twins (outpaint quantize) and this "
+                                                      f"CPU has {units}: the fast path runs its UNet in int8 on "
+                                                      f"openvino-int8, the rest in {rest}")
     if f.openvino and f.native_bf16:
         return BackendChoice("openvino-bf16", "bf16", f"this CPU runs bf16 natively ({f.bf16_source()}): "
                                                       "the fast path runs in bf16 on openvino-bf16")
@@ -153,12 +166,25 @@ def fast_backend(features: CpuFeatures | None = None) -> BackendChoice:
                                             "the fast path runs in fp32 on ort-cpu")
 
 
-def resolve_backend(backend: str | None, fast: bool) -> tuple[str, str | None]:
+def model_has_int8_twins(folder: Path) -> bool:
+    """Whether the model folder has int8 twins of every UNet graph the fast path runs; False for a folder
+    that cannot be read (loading it says why)."""
+    from outpaint.core.errors import ModelError
+    from outpaint.core.manifest import read_manifest
+
+    try:
+        return read_manifest(Path(folder)).has_int8_twins()
+    except ModelError:
+        return False
+
+
+def resolve_backend(backend: str | None, fast: bool, model: Path | None = None) -> tuple[str, str | None]:
     """The CLI's --backend: given, it is used as is (an impossible one fails when it loads); omitted, it is
-    ort-cpu, or with --fast `fast_backend()`. Returns (backend, the reason to print, or None)."""
+    ort-cpu, or with --fast `fast_backend()` for the `model` folder. Returns (backend, the reason to print,
+    or None)."""
     if backend is not None:
         return backend, None
     if not fast:
         return "ort-cpu", None
-    choice = fast_backend()
+    choice = fast_backend(int8_twins=model is not None and model_has_int8_twins(model))
     return choice.backend, choice.reason

@@ -35,6 +35,7 @@ from outpaint.core.graphs import (
     feature_cache_specs,
     fused_attention_specs,
     graph_specs,
+    int8_key,
 )
 from outpaint.core.manifest import FORMAT_VERSION, GraphRecord, Manifest, describe_file
 
@@ -173,6 +174,16 @@ def check_parity(module, spec: GraphSpec, path: Path, dims: dict[str, int]) -> d
     return result
 
 
+def _drop_int8_twin(out: Path, manifest: Manifest, key: str) -> None:
+    """A graph exported again invalidates the int8 twin `outpaint quantize` made from it (export/quantize.py)."""
+    twin = manifest.graphs.pop(int8_key(key), None)
+    if twin is not None:
+        for name in twin.files or {twin.file: None}:
+            (out / name).unlink(missing_ok=True)
+        manifest.save(out)
+        log.warning("%s was exported again: its int8 twin is removed; re-run `outpaint quantize %s`", key, out)
+
+
 def _write_side_files(components: Components, out: Path) -> None:
     from transformers import CLIPTokenizer
 
@@ -246,6 +257,7 @@ def export_components(
                 continue
             log.warning("%s: %s; exporting it again", spec.key, "; ".join(problems))
         path.parent.mkdir(exist_ok=True)
+        _drop_int8_twin(out, manifest, spec.key)
         started = time.perf_counter()
         with fused_attention(attention_owner[spec.name]) if spec.variant else contextlib.nullcontext():
             report(spec.key, "exporting")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from outpaint.benchmarks.cli import add_bench as _add_bench
 from outpaint.core.errors import OutpaintError
+from outpaint.export.quantize import add_quantize
 from outpaint.export.trt_cli import add_build_engines
 from outpaint.info import add_info
 from outpaint.request_args import add_engine_arguments, add_request_arguments, prepare
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpaint", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_run, _add_demo, _add_serve, _add_serve_ray, _add_keys, _add_bench, add_build_engines,
-                add_info, add_train, add_zoom, add_pan, add_scene):
+    for add in (_add_export, add_quantize, _add_run, _add_demo, _add_serve, _add_serve_ray, _add_keys, _add_bench,
+                add_build_engines, add_info, add_train, add_zoom, add_pan, add_scene):
         add(sub)
     return parser
 

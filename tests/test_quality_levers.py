@@ -18,6 +18,7 @@ from outpaint.engine.fast_path import FastPathOptions
 def test_fast_variants_name_their_levers_and_precision():
     assert fast_variant("outpaint-fast") == (FastPathOptions(), fast_backend().backend)
     assert fast_variant("outpaint-fast:fp32") == (FastPathOptions(), "openvino-fp32")
+    assert fast_variant("outpaint-fast:int8") == (FastPathOptions(), "openvino-int8")
     options, backend = fast_variant("outpaint-fast:off:5:2:bf16")
     assert backend == "openvino-bf16"
     assert (options.window_margin, options.feature_cache_interval, options.unguided_tail_steps) == (None, 5, 2)

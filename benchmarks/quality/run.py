@@ -33,7 +33,7 @@ SHEET_SYSTEMS = ("gray", "infill", "outpaint-ort-cpu", "outpaint-fast", "diffuse
 SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outpaint-fast", "diffusers-inpaint")
 # Also accepted: "outpaint-ort-cpu-reseed" (the full path with other noise: its seed-to-seed spread),
 # "outpaint-fast:WINDOW:INTERVAL:TAIL" (the fast path at other lever settings; WINDOW may be "off"),
-# either with ":bf16" or ":fp32" (openvino-bf16 / openvino-fp32 instead of what `--fast` picks) and
+# either with ":bf16", ":fp32" or ":int8" (openvino-bf16 / -fp32 / -int8 instead of what `--fast` picks) and
 # "outpaint-ort-cpu+colour-MODE" (its images with the colour match MODE; after outpaint-ort-cpu) and
 # "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced) and
 # "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (its images with the default colour match and the
@@ -99,13 +99,14 @@ def tile_variant(name: str) -> int:
                             f"{TILE_PREFIX}32 ({exc})") from None
 
 
-FAST_PRECISIONS = {"bf16": "openvino-bf16", "fp32": "openvino-fp32"}
+# ":int8" runs the int8 twins `outpaint quantize` adds to the model folder (export/quantize.py).
+FAST_PRECISIONS = {"bf16": "openvino-bf16", "fp32": "openvino-fp32", "int8": "openvino-int8"}
 
 
 def fast_variant(name: str):
     """(FastPathOptions, backend) of "outpaint-fast[:WINDOW:INTERVAL:TAIL][:PRECISION]": the defaults
     without the three levers; the backend `--fast` picks on this CPU without a precision, else
-    openvino-bf16 (bf16) or openvino-fp32 (fp32)."""
+    openvino-bf16 (bf16), openvino-fp32 (fp32) or openvino-int8 (int8)."""
     from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_path import FastPathOptions
 
@@ -114,8 +115,9 @@ def fast_variant(name: str):
     if fields and fields[-1] in FAST_PRECISIONS:
         backend = FAST_PRECISIONS[fields.pop()]
     if name.split(":")[0] != "outpaint-fast" or len(fields) not in (0, 3):
-        raise UnknownSystem(f"{name!r}: a fast-path variant is outpaint-fast[:WINDOW:INTERVAL:TAIL][:bf16|:fp32], "
-                         "e.g. outpaint-fast:7:3:0, outpaint-fast:off:1:2 or outpaint-fast:fp32")
+        raise UnknownSystem(f"{name!r}: a fast-path variant is "
+                            "outpaint-fast[:WINDOW:INTERVAL:TAIL][:bf16|:fp32|:int8], "
+                            "e.g. outpaint-fast:7:3:0, outpaint-fast:off:1:2 or outpaint-fast:fp32")
     if not fields:
         return FastPathOptions(), backend
     try:

@@ -1,0 +1,255 @@
+"""`outpaint quantize`: int8 twins of the UNet graphs for the openvino-int8 backend.
+
+Post-training quantization by NNCF (SmoothQuant and fast bias correction, its transformer preset):
+weights and activations of the convolutions and matrix products in int8, calibrated on the UNet's own
+inputs. Those come from calibration outpaints the model itself runs here through the fast path in
+fp32, so the deep and shallow graphs see exactly the windowed shapes, timesteps and latents they see
+in service. The twin is OpenVINO IR with the graph's dynamic dimensions kept (`unet_deep/model.int8.xml`
+beside `unet_deep/model.onnx`), recorded in the manifest as `unet_deep.int8` with its parity against
+the fp32 graph; the runtime needs only OpenVINO to run it, NNCF only here.
+
+Why int8: on CPUs with AMX-INT8 or VNNI, OpenVINO runs the int8 UNet in about half the time of bf16
+(benchmarks/RESULTS.md). What it costs in the picture is measured on the small trained model against
+ground truth (docs/quality.md); the calibration here is what any user's weights get.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from outpaint.core.errors import ModelError
+from outpaint.core.graphs import (
+    FEATURE_CACHE_GRAPHS,
+    INT8,
+    QUANTIZABLE_GRAPHS,
+    UNET,
+    fast_path_unet_graphs,
+    int8_file,
+    int8_key,
+)
+from outpaint.core.manifest import GraphRecord, Manifest, describe_file
+
+log = logging.getLogger("outpaint.export")
+
+CALIBRATION_STEPS = 12  # DDIM steps per calibration outpaint: the deep graph sees every third of them
+# Prompts of different subjects: the text conditioning is the UNet's cross-attention input.
+CALIBRATION_PROMPTS = (
+    "a photo of a street in italy, sunny afternoon",
+    "a mountain lake at dawn, mist over the water, pine forest",
+    "a cosy living room with a sofa and bookshelves, warm light",
+)
+# Max |int8 - fp32| / max |fp32| over a calibration feed; past it the twin is not written. The full-size
+# random UNet measures about 0.11 (bf16 alone: 0.08), the trained small model less.
+INT8_MAX_REL_ERROR = 0.3
+Feeds = dict[str, np.ndarray]  # one UNet call's inputs, by tensor name
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The outpaints whose UNet inputs calibrate the quantization."""
+
+    steps: int = CALIBRATION_STEPS
+    prompts: tuple[str, ...] = CALIBRATION_PROMPTS
+    images: tuple[Path, ...] = ()  # sources to extend; none: a synthetic photo-like gradient image
+
+
+def _synthetic_source(width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: smooth colour fields with edges, a stand-in photo for calibration."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 128 + 100 * np.sin(x / 23.0) * np.cos(y / 31.0)
+    g = 96 + 80 * np.cos((x + y) / 47.0) + 40 * (x > width * 0.6)
+    b = 160 + 60 * np.sin(y / 19.0)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def calibration_outpaints(native_size: int, calibration: Calibration):
+    """(SourceImage, OutpaintRequest) pairs: each source half the native canvas, extended to it in turn
+    to the right, downwards and to the left, one prompt each."""
+    from outpaint.engine import canvas as cv
+    from outpaint.engine.request import OutpaintRequest
+
+    size = native_size
+    if calibration.images:
+        from PIL import Image, ImageOps
+
+        # Scaled and centre-cropped to half the canvas, not squashed: calibration should see natural images.
+        sources = [np.asarray(ImageOps.fit(Image.open(path).convert("RGB"), (size // 2, size)))
+                   for path in calibration.images]
+    else:
+        sources = [_synthetic_source(size // 2, size)]
+    # (offset_x, offset_y, source rotated to fit): right, down, left.
+    layouts = ((0, 0, False), (0, 0, True), (size // 2, 0, False))
+    pairs = []
+    for i, prompt in enumerate(calibration.prompts):
+        rgb = sources[i % len(sources)]
+        offset_x, offset_y, transpose = layouts[i % len(layouts)]
+        if transpose:
+            rgb = np.ascontiguousarray(rgb.transpose(1, 0, 2))
+        request = OutpaintRequest(prompt=prompt, negative_prompt="blurry", num_inference_steps=calibration.steps,
+                                  img_width=size, img_height=size, offset_x=offset_x, offset_y=offset_y,
+                                  guidance_scale=7.5, seed=1000 + i, strength=1.0, mask_expand=8)
+        pairs.append((cv.SourceImage(rgb=rgb, known=np.ones(rgb.shape[:2], bool)), request))
+    return pairs
+
+
+class _Capture:
+    """A GraphRunner that keeps a copy of every feed it runs (the calibration dataset)."""
+
+    def __init__(self, inner, seen: list[Feeds]) -> None:
+        self.inner, self.seen = inner, seen
+        self.name, self.input_names, self.output_names = inner.name, inner.input_names, inner.output_names
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.seen.append({name: np.array(value) for name, value in feeds.items()})
+        return self.inner.run(feeds)
+
+
+def capture_feeds(folder: Path, graphs: Sequence[str], calibration: Calibration) -> dict[str, list[Feeds]]:
+    """The inputs each of `graphs` is fed over the calibration outpaints, run in fp32 by the fast path
+    (the exact path for the whole `unet`), with no post-processing stage around them."""
+    from outpaint.engine.coherence import COHERENCE_OFF
+    from outpaint.engine.fast_path import EXACT, FastPathOptions
+    from outpaint.engine.large_canvas import LARGE_CANVAS_OFF
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    seen: dict[str, list[Feeds]] = {name: [] for name in graphs}
+    runs = []
+    if any(name in FEATURE_CACHE_GRAPHS for name in graphs):
+        runs.append(FastPathOptions(decode_tile=None))
+    if UNET in graphs:
+        runs.append(EXACT)
+    for options in runs:
+        pipe = OutpaintPipeline.load(folder, "openvino-fp32", options=options, colour_match="off",
+                                     large_canvas=LARGE_CANVAS_OFF, coherence=COHERENCE_OFF)
+        for name in graphs:
+            if name in pipe.graphs:
+                pipe.graphs[name] = _Capture(pipe.graphs[name], seen[name])
+        for source, request in calibration_outpaints(pipe.native_size, calibration):
+            pipe(source, request)
+    empty = [name for name, feeds in seen.items() if not feeds]
+    if empty:
+        raise ModelError(f"the calibration outpaints never ran {', '.join(empty)}")
+    return seen
+
+
+def _parity(fp32_path: Path, int8_path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The int8 twin against its fp32 graph on one calibration feed, both compiled in fp32 so that only
+    the quantization differs: the worst output's max |error| relative to its max |fp32| value."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    outputs = []
+    for path in (fp32_path, int8_path):
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        result = compiled(dict(feeds))
+        outputs.append({o.get_any_name(): np.asarray(result[o]) for o in compiled.outputs})
+        del compiled
+    expected, actual = outputs
+    worst = {"max_abs_error": 0.0, "max_rel_error": 0.0, "psnr_db": 999.0}
+    for name, reference in expected.items():
+        error = np.abs(actual[name].astype(np.float64) - reference)
+        peak = float(np.abs(reference).max()) or 1.0
+        mse = float((error**2).mean())
+        psnr = 999.0 if mse == 0 else round(float(10 * np.log10((2 * peak) ** 2 / mse)), 2)
+        worst = {"max_abs_error": max(worst["max_abs_error"], float(error.max())),
+                 "max_rel_error": max(worst["max_rel_error"], float(error.max()) / peak),
+                 "psnr_db": min(worst["psnr_db"], psnr)}
+    return worst
+
+
+def quantize_graph(folder: Path, manifest: Manifest, name: str, feeds: list[Feeds]) -> GraphRecord:
+    """Write `name`'s int8 twin from its calibration feeds and return its manifest record."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise ModelError(f"outpaint quantize needs NNCF and OpenVINO ({exc.name} is missing): "
+                         "pip install 'outpaint[export]'") from None
+    base = manifest.graphs[name]
+    started = time.perf_counter()
+    model = ov.Core().read_model(str(folder / base.file))
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(feeds), fast_bias_correction=True)
+    target = folder / int8_file(name)
+    # fp32 constants: the int8 weights are made at compile time from them and the FakeQuantize ranges.
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    del quantized, model
+    parity = _parity(folder / base.file, target, feeds[-1])
+    parity["tolerance"] = INT8_MAX_REL_ERROR
+    parity["calibration_feeds"] = len(feeds)
+    parity["seconds"] = round(time.perf_counter() - started, 2)
+    files = [int8_file(name), int8_file(name).removesuffix(".xml") + ".bin"]
+    if parity["max_rel_error"] > INT8_MAX_REL_ERROR or not np.isfinite(parity["max_rel_error"]):
+        for file in files:
+            (folder / file).unlink(missing_ok=True)
+        raise ModelError(f"{int8_key(name)}: int8 differs from fp32 by {parity['max_rel_error']:.3g} of the output's "
+                         f"range, over the tolerance {INT8_MAX_REL_ERROR:g}; the twin was not written")
+    return GraphRecord(file=int8_file(name), inputs=base.inputs, outputs=base.outputs, parity=parity,
+                       files={file: describe_file(folder / file) for file in files})
+
+
+def quantize_model(
+    folder: Path,
+    graphs: Sequence[str] | None = None,
+    calibration: Calibration = Calibration(),
+    progress: Callable[[str, str], None] | None = None,
+) -> Manifest:
+    """Calibrate and quantize `graphs` (default: those the fast path runs) of the model in `folder`,
+    recording each twin in its manifest. `progress(graph, status)` hears "calibrating", "quantizing",
+    "done"."""
+    report = progress or (lambda graph, status: None)
+    manifest = Manifest.load(folder)  # our exports only: an optimum folder has no manifest to record in
+    names = tuple(graphs) if graphs else fast_path_unet_graphs(list(manifest.graphs))
+    wrong = [name for name in names if name not in QUANTIZABLE_GRAPHS]
+    if wrong:
+        raise ModelError(f"cannot quantize {', '.join(wrong)}: the int8 twins are of {', '.join(QUANTIZABLE_GRAPHS)}")
+    missing = [name for name in names if name not in manifest.graphs]
+    if missing:
+        raise ModelError(f"{folder} lacks the graphs {', '.join(missing)}: {manifest.export_command(folder)}")
+    manifest.check_files(folder, names)
+    for name in names:
+        report(name, "calibrating")
+    feeds = capture_feeds(folder, names, calibration)
+    for name in names:
+        report(name, "quantizing")
+        manifest.graphs[int8_key(name)] = quantize_graph(folder, manifest, name, feeds.pop(name))
+        manifest.save(folder)
+        report(name, "done")
+    return manifest
+
+
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="add int8 twins of the UNet graphs (NNCF) for the openvino-int8 backend")
+    p.add_argument("model", type=Path, help="a model folder `outpaint export` wrote")
+    p.add_argument("--graphs", help=f"comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)} (default: those the fast "
+                   "path runs)")
+    p.add_argument("--steps", type=int, default=CALIBRATION_STEPS,
+                   help=f"DDIM steps of each calibration outpaint (default {CALIBRATION_STEPS})")
+    p.add_argument("--image", type=Path, action="append", default=[],
+                   help="a source image to calibrate on (repeatable; default: a synthetic one)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a calibration prompt, one outpaint each (repeatable; default: three built in)")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(args) -> int:
+    if args.steps < 3:
+        raise SystemExit(f"--steps must be >= 3 (the deep graph runs every third step), got {args.steps}")
+    calibration = Calibration(steps=args.steps, prompts=tuple(args.prompt) or CALIBRATION_PROMPTS,
+                              images=tuple(args.image))
+    graphs = tuple(g.strip() for g in args.graphs.split(",")) if args.graphs else None
+    manifest = quantize_model(args.model, graphs, calibration,
+                              progress=lambda graph, status: print(f"{graph}: {status}", flush=True))
+    for key, record in manifest.graphs.items():
+        if key.endswith(f".{INT8}"):
+            parity = record.parity
+            print(f"{key}: {record.file}, max error {parity['max_rel_error']:.3g} of the output's range "
+                  f"(tolerance {parity['tolerance']:g}), {parity['calibration_feeds']:g} calibration feeds")
+    return 0

@@ -1,0 +1,139 @@
+"""`outpaint quantize` (export/quantize.py) and the openvino-int8 backend that runs its twins: the twins
+are recorded with their parity and checked like every graph, the backend runs them in place of the UNet
+graphs only, and what cannot be done is a clear error naming the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from outpaint.core.errors import ModelError
+from outpaint.core.graphs import UNET_DEEP, UNET_SHALLOW, int8_file, int8_key
+from outpaint.core.manifest import Manifest
+from outpaint.engine.backends.openvino import OvGraph
+from outpaint.engine.coherence import COHERENCE_OFF
+from outpaint.engine.fast_path import FastPathOptions
+from outpaint.engine.pipeline import OutpaintPipeline
+from outpaint.export.quantize import INT8_MAX_REL_ERROR, Calibration, calibration_outpaints, quantize_model
+
+pytest.importorskip("nncf")
+pytest.importorskip("openvino")
+
+CALIBRATION = Calibration(steps=3, prompts=("a lighthouse on a cliff",))
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-int8") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    quantize_model(folder, calibration=CALIBRATION)
+    return folder
+
+
+def test_the_twins_are_recorded_with_their_files_and_parity(quantized_dir):
+    manifest = Manifest.load(quantized_dir)
+    for graph in (UNET_DEEP, UNET_SHALLOW):
+        record = manifest.graphs[int8_key(graph)]
+        assert record.file == int8_file(graph)
+        assert set(record.files or {}) == {int8_file(graph), int8_file(graph).removesuffix(".xml") + ".bin"}
+        assert record.problems(quantized_dir, hashes=True) == []
+        assert 0 < record.parity["max_rel_error"] <= INT8_MAX_REL_ERROR
+        assert record.parity["calibration_feeds"] >= 1
+        # The same signature as the graph it stands in for.
+        assert (record.inputs, record.outputs) == (manifest.graphs[graph].inputs, manifest.graphs[graph].outputs)
+
+
+def test_the_int8_fast_path_runs_the_twins_and_stays_near_fp32(quantized_dir):
+    source, request = calibration_outpaints(256, Calibration(steps=4, prompts=("a harbour",)))[0]
+    images = {}
+    for backend in ("openvino-fp32", "openvino-int8"):
+        pipeline = OutpaintPipeline.load(quantized_dir, backend, options=FastPathOptions(), coherence=COHERENCE_OFF)
+        if backend == "openvino-int8":
+            runners = [pipeline.graphs[g] for g in (UNET_DEEP, UNET_SHALLOW)]
+            assert all(isinstance(r, OvGraph) and r.path.name == "model.int8.xml" for r in runners)
+        result = pipeline(source, request)
+        images[backend] = result.image
+    known = result.canvas.mask == 0
+    # Outside the new area both are the source (paste-back), bit for bit.
+    np.testing.assert_array_equal(images["openvino-int8"][known], images["openvino-fp32"][known])
+    diff = images["openvino-int8"].astype(np.float64) - images["openvino-fp32"]
+    psnr = 10 * np.log10(255.0**2 / max(float((diff[~known] ** 2).mean()), 1e-9))
+    assert 15 < psnr < 99, psnr  # int8 changes the new area, but not into noise (random tiny weights)
+
+
+def test_a_folder_without_twins_names_the_command(tiny_model_dir):
+    with pytest.raises(ModelError, match=r"no int8 twin of unet_deep, unet_shallow: run `outpaint quantize"):
+        OutpaintPipeline.load(tiny_model_dir, "openvino-int8", options=FastPathOptions())
+
+
+def test_a_damaged_twin_is_caught_at_load(quantized_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(quantized_dir, folder)
+    weights = folder / int8_file(UNET_SHALLOW).removesuffix(".xml")
+    with open(f"{weights}.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ModelError, match=r"unet_shallow/model.int8.bin has 100 bytes"):
+        OutpaintPipeline.load(folder, "openvino-int8", options=FastPathOptions())
+
+
+def test_exporting_a_graph_again_drops_its_stale_twin(quantized_dir, tiny_components, tmp_path):
+    from outpaint.export.onnx_export import export_components
+
+    folder = tmp_path / "model"
+    shutil.copytree(quantized_dir, folder)
+    with open(folder / "unet_shallow" / "model.onnx", "r+b") as f:
+        f.truncate(100)
+    export_components(tiny_components, folder)  # re-exports the damaged graph only
+    graphs = Manifest.load(folder).graphs
+    assert int8_key(UNET_SHALLOW) not in graphs and not (folder / int8_file(UNET_SHALLOW)).exists()
+    assert graphs[int8_key(UNET_DEEP)].problems(folder, hashes=True) == []  # made from an intact graph: kept
+
+
+def test_only_the_unet_graphs_quantize(tiny_model_dir):
+    with pytest.raises(ModelError, match="cannot quantize vae_decoder: the int8 twins are of unet, unet_deep"):
+        quantize_model(tiny_model_dir, ["vae_decoder"], CALIBRATION)
+
+
+def test_the_command_rejects_too_few_steps(tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "outpaint.cli", "quantize", str(tiny_model_dir), "--steps", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--steps must be >= 3" in done.stderr
+    assert int8_key(UNET_DEEP) not in json.loads((tiny_model_dir / "manifest.json").read_text())["graphs"]
+
+
+def test_calibration_extends_each_source_in_turn_to_the_right_down_and_left(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (300, 100), (200, 10, 10)).save(path)
+    pairs = calibration_outpaints(256, Calibration(steps=5, prompts=("a", "b", "c"), images=(path,)))
+    shapes = [(source.rgb.shape, request.offset_x, request.offset_y) for source, request in pairs]
+    assert shapes == [((256, 128, 3), 0, 0), ((128, 256, 3), 0, 0), ((256, 128, 3), 128, 0)]
+    assert all(request.num_inference_steps == 5 and (request.img_width, request.img_height) == (256, 256)
+               for _, request in pairs)
+    assert (pairs[0][0].rgb == (200, 10, 10)).all()  # scaled and cropped, not squashed with a border
+
+
+def test_the_bench_runs_int8_beside_the_fast_path_and_fast_picks_it(quantized_dir, tmp_path):
+    from outpaint.cli import main
+    from outpaint.engine.cpu_features import fast_backend
+
+    out = tmp_path / "results.json"
+    systems = "outpaint-ort-cpu,outpaint-fast,outpaint-fast-int8"
+    code = main(["bench", "--size", "tiny", "--model", str(quantized_dir), "--out", str(out), "--steps", "2",
+                 "--warmup", "0", "--runs", "1", "--unet-canvases", "256x256", "--systems", systems,
+                 "--whole-systems", systems])
+    assert code == 0
+    results = json.loads(out.read_text())
+    choice = fast_backend(int8_twins=True)  # the folder has twins: int8 where this CPU has VNNI / AMX-INT8
+    assert results["fast_path"]["backend"] == choice.backend
+    stages = {r["stage"] for r in results["rows"] if r["system"] == "outpaint-fast-int8"}
+    assert {"unet_step_window", "unet_step_window_shallow", "outpaint_2_steps"} <= stages
+    quality = {q["system"]: q for q in results["quality"]}
+    assert quality["outpaint-fast-int8"]["identical_outside_mask"]
