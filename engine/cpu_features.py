@@ -140,24 +140,29 @@ def has_native_bf16() -> bool:
 
 
 def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) -> BackendChoice:
-    """The fast path's backend: the UNet in int8 on OpenVINO where the model has int8 twins (`outpaint
-    quantize`, an explicit choice of its owner) and the CPU has int8 dot products; else bf16 on OpenVINO
-    where it is native, else ONNX Runtime in fp32.
+    """The fast path's backend: bf16 on OpenVINO where it is native; else, where the model has int8 twins
+    (`outpaint quantize`, an explicit choice of its owner) and the CPU has int8 dot products (VNNI), the
+    UNet in int8 on OpenVINO; else ONNX Runtime in fp32.
+
+    int8 replaces fp32, not bf16. Measured call by call in one process (benchmarks/int8-probe.json): the
+    twins' deep UNet call took 0.41x fp32's time on AMX and 0.30x with the ISA capped to AVX-512 VNNI,
+    but 1.19x bf16's on AMX; with the ISA capped to AVX2 (no VNNI) 1.06x fp32's, so not there either.
 
     Without native bf16 ONNX Runtime is the faster fp32 runtime: its guided UNet step at 512x512
     took 15.75 s against OpenVINO fp32's 18.15 s on an AVX2-only machine, and 8.57 s against 8.53 s
     (parity) on AVX-512 (docs/benchmarks.md); one session also serves every shape with one copy of
     the weights."""
     f = cpu_features() if features is None else features
-    if f.openvino and int8_twins and f.int8_dot:
-        rest = "bf16" if f.native_bf16 else "fp32"
-        units = " and ".join(n for n, on in (("VNNI", f.vnni), ("AMX-INT8", f.has("amx_int8"))) if on)
-        return BackendChoice("openvino-int8", "int8", f"the model has int8 UNet twins (outpaint quantize) and this "
-                                                      f"CPU has {units}: the fast path runs its UNet in int8 on "
-                                                      f"openvino-int8, the rest in {rest}")
     if f.openvino and f.native_bf16:
+        twins = " (the model's int8 twins are no faster than bf16 there)" if int8_twins else ""
         return BackendChoice("openvino-bf16", "bf16", f"this CPU runs bf16 natively ({f.bf16_source()}): "
-                                                      "the fast path runs in bf16 on openvino-bf16")
+                                                      f"the fast path runs in bf16 on openvino-bf16{twins}")
+    if f.openvino and int8_twins and f.int8_dot:
+        units = " and ".join(n for n, on in (("VNNI", f.vnni), ("AMX-INT8", f.has("amx_int8"))) if on)
+        return BackendChoice("openvino-int8", "int8", f"this CPU has no native bf16 ({f.bf16_source()}) but has "
+                                                      f"{units}, and the model has int8 UNet twins (outpaint "
+                                                      "quantize): the fast path runs its UNet in int8 on "
+                                                      "openvino-int8, the rest in fp32")
     if f.openvino:
         return BackendChoice("ort-cpu", "fp32", f"this CPU has no native bf16 ({f.bf16_source()}): "
                                                 "the fast path runs in fp32 on ort-cpu, the faster fp32 runtime")

@@ -72,14 +72,14 @@ def test_fast_backend_is_the_fastest_native_precision_and_says_why(cpuinfo, open
 
 
 @pytest.mark.parametrize("cpuinfo,openvino,backend,words", [
-    (SAPPHIRE_RAPIDS, OV_BF16, "openvino-int8", "this CPU has VNNI and AMX-INT8: the fast path runs its UNet in int8 "
-                                                "on openvino-int8, the rest in bf16"),
-    (ICE_LAKE, OV_NO_BF16, "openvino-int8", "has VNNI: the fast path runs its UNet in int8 on openvino-int8, the "
-                                            "rest in fp32"),
-    (AVX2_ONLY, OV_NO_BF16, "ort-cpu", "no native bf16"),  # int8 without VNNI: not measured to win, not chosen
-    (SAPPHIRE_RAPIDS, None, "ort-cpu", "openvino is not installed"),
+    # int8 replaces fp32, not bf16 (no faster than bf16 on AMX), nor fp32 without VNNI (no faster there).
+    (SAPPHIRE_RAPIDS, OV_BF16, "openvino-bf16", "the model's int8 twins are no faster than bf16 there"),
+    (ICE_LAKE, OV_NO_BF16, "openvino-int8", "but has VNNI, and the model has int8 UNet twins (outpaint quantize): "
+                                            "the fast path runs its UNet in int8 on openvino-int8, the rest in fp32"),
+    (AVX2_ONLY, OV_NO_BF16, "ort-cpu", "no native bf16"),
+    (ICE_LAKE, None, "ort-cpu", "openvino is not installed"),
 ], ids=["sapphire-rapids", "ice-lake", "avx2-only", "no-openvino"])
-def test_int8_twins_are_chosen_where_the_cpu_has_int8_dot_products(cpuinfo, openvino, backend, words):
+def test_int8_twins_replace_fp32_where_the_cpu_has_vnni(cpuinfo, openvino, backend, words):
     choice = fast_backend(_features(cpuinfo, openvino), int8_twins=True)
     assert choice.backend == backend
     assert words in choice.reason

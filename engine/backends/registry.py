@@ -45,10 +45,9 @@ def _openvino_loader(precision: str) -> GraphLoader:
 
 
 def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
-    """The UNet graphs' int8 twins (export/quantize.py), everything else as openvino-bf16 runs it where
-    bf16 is native, else as openvino-fp32. A UNet graph without a twin is a ModelError naming the fix."""
-    from outpaint.engine.cpu_features import cpu_features
-
+    """The UNet graphs' int8 twins (export/quantize.py), everything else as openvino-fp32 runs it: what
+    `--fast` picks it for are CPUs with VNNI and no native bf16, and the quality benchmark judges exactly
+    that computation on every machine. A UNet graph without a twin is a ModelError naming the fix."""
     from .openvino import OvOptions, load_openvino_graphs
 
     lacking = [name for name in names if name in QUANTIZABLE_GRAPHS and int8_key(name) not in manifest.graphs]
@@ -56,9 +55,8 @@ def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]
         raise ModelError(f"{folder} has no int8 twin of {', '.join(lacking)}: run `outpaint quantize {folder}` "
                          f"(it calibrates on outpaints of the model itself), or use openvino-bf16 / openvino-fp32")
     files = {name: manifest.graphs[int8_key(name) if name in QUANTIZABLE_GRAPHS else name].file for name in names}
-    precision = "bf16" if cpu_features().native_bf16 else "fp32"
     shapes = os.environ.get("OUTPAINT_OV_SHAPES") or OvOptions.shapes
-    return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision, shapes=shapes)))
+    return dict(load_openvino_graphs(folder, files, OvOptions(precision="fp32", shapes=shapes)))
 
 
 def _ort_trt_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
@@ -83,7 +81,7 @@ BACKENDS: dict[str, GraphLoader] = {
     "ort-cuda": _ort_loader(("CUDAExecutionProvider", "CPUExecutionProvider")),
     "openvino-bf16": _openvino_loader("bf16"),
     "openvino-fp32": _openvino_loader("fp32"),
-    # int8 UNet from `outpaint quantize` (VNNI / AMX-INT8), bf16 or fp32 elsewhere.
+    # The UNet's int8 twins from `outpaint quantize` (for CPUs with VNNI and no bf16), fp32 elsewhere.
     "openvino-int8": _openvino_int8_loader,
     # NVIDIA GPUs (docs/gpu.md): TensorRT inside ONNX Runtime, and native engines from `outpaint build-engines`.
     "ort-trt": _ort_trt_loader,
