@@ -164,14 +164,22 @@ def _parity(fp32_path: Path, int8_path: Path, feeds: Mapping[str, np.ndarray]) -
     return worst
 
 
+def _require_nncf() -> None:
+    """Before minutes of calibration, not after them."""
+    import importlib.util
+
+    missing = [name for name in ("nncf", "openvino") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelError(f"outpaint quantize needs NNCF and OpenVINO ({', '.join(missing)} missing): "
+                         "pip install 'outpaint[export]'")
+
+
 def quantize_graph(folder: Path, manifest: Manifest, name: str, feeds: list[Feeds]) -> GraphRecord:
     """Write `name`'s int8 twin from its calibration feeds and return its manifest record."""
-    try:
-        import nncf
-        import openvino as ov
-    except ImportError as exc:
-        raise ModelError(f"outpaint quantize needs NNCF and OpenVINO ({exc.name} is missing): "
-                         "pip install 'outpaint[export]'") from None
+    _require_nncf()
+    import nncf
+    import openvino as ov
+
     base = manifest.graphs[name]
     started = time.perf_counter()
     model = ov.Core().read_model(str(folder / base.file))
@@ -205,6 +213,7 @@ def quantize_model(
     recording each twin in its manifest. `progress(graph, status)` hears "calibrating", "quantizing",
     "done"."""
     report = progress or (lambda graph, status: None)
+    _require_nncf()
     manifest = Manifest.load(folder)  # our exports only: an optimum folder has no manifest to record in
     names = tuple(graphs) if graphs else fast_path_unet_graphs(list(manifest.graphs))
     wrong = [name for name in names if name not in QUANTIZABLE_GRAPHS]
