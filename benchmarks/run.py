@@ -71,15 +71,12 @@ def skipped_systems(systems: tuple[str, ...], features: CpuFeatures) -> dict[str
 
 
 def choose_fast_backend(config: BenchConfig, features: CpuFeatures) -> tuple[BenchConfig, dict[str, str]]:
-    """outpaint-fast's backend: `--fast-backend` if given, else what `--fast` picks on this CPU for this
-    model (int8 where `outpaint quantize` gave it int8 twins and the CPU has int8 dot products)."""
-    from outpaint.engine.cpu_features import model_has_int8_twins
-
+    """outpaint-fast's backend: `--fast-backend` if given, else what `--fast` picks on this CPU."""
     if config.fast.backend is not None:
         backend = config.fast.backend
         precision = next((p for p in ("bf16", "int8") if backend.endswith(p)), "fp32")
         return config, {"backend": backend, "precision": precision, "reason": "given with --fast-backend"}
-    choice = fast_backend(features, int8_twins=model_has_int8_twins(Path(config.model_dir)))
+    choice = fast_backend(features)
     fast = {"backend": choice.backend, "precision": choice.precision, "reason": choice.reason}
     return replace(config, fast=replace(config.fast, backend=choice.backend)), fast
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .graphs import fast_path_unet_graphs, int8_key
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -132,10 +131,6 @@ class Manifest:
             )
         graphs = {name: GraphRecord.from_json(record) for name, record in data.pop("graphs").items()}
         return cls(**data, graphs=graphs)
-
-    def has_int8_twins(self) -> bool:
-        """Every UNet graph the fast path runs here has its int8 twin (`outpaint quantize`)."""
-        return all(int8_key(g) in self.graphs for g in fast_path_unet_graphs(list(self.graphs)))
 
     def export_command(self, folder: Path) -> str:
         """The command that re-exports into `folder` what is damaged or missing there (and only that)."""

@@ -44,11 +44,6 @@ class CpuFeatures:
         return self.has("avx512_vnni") or self.has("avx_vnni")
 
     @property
-    def int8_dot(self) -> bool:
-        """Fast int8 matrix products: VNNI or AMX-INT8 (Sapphire Rapids+), what openvino-int8 pays off on."""
-        return self.vnni or self.has("amx_int8")
-
-    @property
     def openvino(self) -> bool:
         return self.openvino_capabilities is not None
 
@@ -139,14 +134,13 @@ def has_native_bf16() -> bool:
     return cpu_features().native_bf16
 
 
-def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) -> BackendChoice:
-    """The fast path's backend: bf16 on OpenVINO where it is native; else, where the model has int8 twins
-    (`outpaint quantize`, an explicit choice of its owner) and the CPU has int8 dot products (VNNI), the
-    UNet in int8 on OpenVINO; else ONNX Runtime in fp32.
+def fast_backend(features: CpuFeatures | None = None) -> BackendChoice:
+    """The fast path's backend: bf16 on OpenVINO where it is native, else ONNX Runtime in fp32.
 
-    int8 replaces fp32, not bf16. Measured call by call in one process (benchmarks/int8-probe.json): the
-    twins' deep UNet call took 0.41x fp32's time on AMX and 0.30x with the ISA capped to AVX-512 VNNI,
-    but 1.19x bf16's on AMX; with the ISA capped to AVX2 (no VNNI) 1.06x fp32's, so not there either.
+    int8 (`outpaint quantize`, `openvino-int8`) is never picked here, only asked for with --backend: its
+    UNet call took 0.30-0.41x fp32's time where bf16 is not native, but its fast path fell outside the
+    fast path's quality bar on the trained model (docs/quality.md, "int8"), and where bf16 is native it
+    was no faster than bf16 (benchmarks/int8-probe.json).
 
     Without native bf16 ONNX Runtime is the faster fp32 runtime: its guided UNet step at 512x512
     took 15.75 s against OpenVINO fp32's 18.15 s on an AVX2-only machine, and 8.57 s against 8.53 s
@@ -154,15 +148,8 @@ def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) 
     the weights."""
     f = cpu_features() if features is None else features
     if f.openvino and f.native_bf16:
-        twins = " (the model's int8 twins are no faster than bf16 there)" if int8_twins else ""
         return BackendChoice("openvino-bf16", "bf16", f"this CPU runs bf16 natively ({f.bf16_source()}): "
-                                                      f"the fast path runs in bf16 on openvino-bf16{twins}")
-    if f.openvino and int8_twins and f.int8_dot:
-        units = " and ".join(n for n, on in (("VNNI", f.vnni), ("AMX-INT8", f.has("amx_int8"))) if on)
-        return BackendChoice("openvino-int8", "int8", f"this CPU has no native bf16 ({f.bf16_source()}) but has "
-                                                      f"{units}, and the model has int8 UNet twins (outpaint "
-                                                      "quantize): the fast path runs its UNet in int8 on "
-                                                      "openvino-int8, the rest in fp32")
+                                                      "the fast path runs in bf16 on openvino-bf16")
     if f.openvino:
         return BackendChoice("ort-cpu", "fp32", f"this CPU has no native bf16 ({f.bf16_source()}): "
                                                 "the fast path runs in fp32 on ort-cpu, the faster fp32 runtime")
@@ -171,25 +158,12 @@ def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) 
                                             "the fast path runs in fp32 on ort-cpu")
 
 
-def model_has_int8_twins(folder: Path) -> bool:
-    """Whether the model folder has int8 twins of every UNet graph the fast path runs; False for a folder
-    that cannot be read (loading it says why)."""
-    from outpaint.core.errors import ModelError
-    from outpaint.core.manifest import read_manifest
-
-    try:
-        return read_manifest(Path(folder)).has_int8_twins()
-    except ModelError:
-        return False
-
-
-def resolve_backend(backend: str | None, fast: bool, model: Path | None = None) -> tuple[str, str | None]:
+def resolve_backend(backend: str | None, fast: bool) -> tuple[str, str | None]:
     """The CLI's --backend: given, it is used as is (an impossible one fails when it loads); omitted, it is
-    ort-cpu, or with --fast `fast_backend()` for the `model` folder. Returns (backend, the reason to print,
-    or None)."""
+    ort-cpu, or with --fast `fast_backend()`. Returns (backend, the reason to print, or None)."""
     if backend is not None:
         return backend, None
     if not fast:
         return "ort-cpu", None
-    choice = fast_backend(int8_twins=model is not None and model_has_int8_twins(model))
+    choice = fast_backend()
     return choice.backend, choice.reason

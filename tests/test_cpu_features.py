@@ -71,41 +71,6 @@ def test_fast_backend_is_the_fastest_native_precision_and_says_why(cpuinfo, open
     assert words in choice.reason and "\n" not in choice.reason
 
 
-@pytest.mark.parametrize("cpuinfo,openvino,backend,words", [
-    # int8 replaces fp32, not bf16 (no faster than bf16 on AMX), nor fp32 without VNNI (no faster there).
-    (SAPPHIRE_RAPIDS, OV_BF16, "openvino-bf16", "the model's int8 twins are no faster than bf16 there"),
-    (ICE_LAKE, OV_NO_BF16, "openvino-int8", "but has VNNI, and the model has int8 UNet twins (outpaint quantize): "
-                                            "the fast path runs its UNet in int8 on openvino-int8, the rest in fp32"),
-    (AVX2_ONLY, OV_NO_BF16, "ort-cpu", "no native bf16"),
-    (ICE_LAKE, None, "ort-cpu", "openvino is not installed"),
-], ids=["sapphire-rapids", "ice-lake", "avx2-only", "no-openvino"])
-def test_int8_twins_replace_fp32_where_the_cpu_has_vnni(cpuinfo, openvino, backend, words):
-    choice = fast_backend(_features(cpuinfo, openvino), int8_twins=True)
-    assert choice.backend == backend
-    assert words in choice.reason
-    assert fast_backend(_features(cpuinfo, openvino)).backend != "openvino-int8"  # only a quantized model
-
-
-def test_resolve_backend_reads_the_twins_from_the_model_folder(tiny_model_dir, tmp_path):
-    import json
-    import shutil
-
-    from outpaint.engine.cpu_features import model_has_int8_twins
-
-    assert not model_has_int8_twins(tiny_model_dir)
-    assert not model_has_int8_twins(tmp_path)  # no model there: loading it will say so
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for graph in ("unet_deep", "unet_shallow"):
-        manifest["graphs"][f"{graph}.int8"] = manifest["graphs"][graph]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert model_has_int8_twins(folder)
-    expected = fast_backend(int8_twins=True)
-    assert resolve_backend(None, fast=True, model=folder) == (expected.backend, expected.reason)
-    assert resolve_backend(None, fast=False, model=folder) == ("ort-cpu", None)
-
-
 def test_an_explicit_backend_is_kept_and_none_means_ort_cpu_without_fast():
     assert resolve_backend("openvino-bf16", fast=True) == ("openvino-bf16", None)
     assert resolve_backend(None, fast=False) == ("ort-cpu", None)

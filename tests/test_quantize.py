@@ -120,7 +120,7 @@ def test_calibration_extends_each_source_in_turn_to_the_right_down_and_left(tmp_
     assert (pairs[0][0].rgb == (200, 10, 10)).all()  # scaled and cropped, not squashed with a border
 
 
-def test_the_bench_runs_int8_beside_the_fast_path_and_fast_picks_it(quantized_dir, tmp_path):
+def test_the_bench_runs_int8_beside_the_fast_path_which_does_not_pick_it(quantized_dir, tmp_path):
     from outpaint.cli import main
     from outpaint.engine.cpu_features import fast_backend
 
@@ -131,8 +131,8 @@ def test_the_bench_runs_int8_beside_the_fast_path_and_fast_picks_it(quantized_di
                  "--whole-systems", systems])
     assert code == 0
     results = json.loads(out.read_text())
-    choice = fast_backend(int8_twins=True)  # the folder has twins: int8 where this CPU has VNNI / AMX-INT8
-    assert results["fast_path"]["backend"] == choice.backend
+    # int8 is asked for, never picked: outside the fast path's quality bar (docs/quality.md, "int8").
+    assert results["fast_path"]["backend"] == fast_backend().backend != "openvino-int8"
     stages = {r["stage"] for r in results["rows"] if r["system"] == "outpaint-fast-int8"}
     assert {"unet_step_window", "unet_step_window_shallow", "outpaint_2_steps"} <= stages
     quality = {q["system"]: q for q in results["quality"]}
