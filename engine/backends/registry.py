@@ -45,8 +45,8 @@ def _openvino_loader(precision: str) -> GraphLoader:
 
 
 def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
-    """The UNet graphs' int8 twins (export/quantize.py), everything else as openvino-fp32 runs it: what
-    `--fast` picks it for are CPUs with VNNI and no native bf16, and the quality benchmark judges exactly
+    """The UNet graphs' int8 twins (export/quantize.py), everything else as openvino-fp32 runs it: int8
+    pays off against fp32 on CPUs with VNNI and no native bf16, and the quality benchmark judges exactly
     that computation on every machine. A UNet graph without a twin is a ModelError naming the fix."""
     from .openvino import OvOptions, load_openvino_graphs
 
@@ -81,7 +81,8 @@ BACKENDS: dict[str, GraphLoader] = {
     "ort-cuda": _ort_loader(("CUDAExecutionProvider", "CPUExecutionProvider")),
     "openvino-bf16": _openvino_loader("bf16"),
     "openvino-fp32": _openvino_loader("fp32"),
-    # The UNet's int8 twins from `outpaint quantize` (for CPUs with VNNI and no bf16), fp32 elsewhere.
+    # The UNet's int8 twins from `outpaint quantize` (for CPUs with VNNI and no bf16), fp32 elsewhere;
+    # asked for only: `--fast` never picks it (docs/benchmarks.md, "int8").
     "openvino-int8": _openvino_int8_loader,
     # NVIDIA GPUs (docs/gpu.md): TensorRT inside ONNX Runtime, and native engines from `outpaint build-engines`.
     "ort-trt": _ort_trt_loader,
