@@ -67,6 +67,8 @@ def add_bench(sub) -> None:
                    help="outpaint-fast runs the whole UNet every k-th call and its shallow path between; 1 = off")
     p.add_argument("--fast-decode-tile", type=_margin, default=FastSettings.decode_tile,
                    help="latent cells of outpaint-fast's VAE-decode tiles on larger canvases, or 'off' (one piece)")
+    p.add_argument("--fast-encode-tile", type=_margin, default=FastSettings.encode_tile,
+                   help="latent cells of outpaint-fast's VAE-encode tiles on larger canvases, or 'off' (one piece)")
     p.add_argument("--wait-load", type=float, default=None,
                    help="before starting, wait until the 1-minute load average is below this")
     p.add_argument("--wait-max-s", type=float, default=600.0, help="longest wait for --wait-load, seconds")
@@ -91,7 +93,8 @@ def config_from_args(args) -> BenchConfig:
             whole_runs=args.whole_runs,
             fast=FastSettings(backend=args.fast_backend, decode_margin=args.fast_decode_margin,
                               window_margin=args.fast_window_margin, unguided_tail_steps=args.fast_unguided_tail,
-                              feature_cache_interval=args.fast_feature_cache, decode_tile=args.fast_decode_tile),
+                              feature_cache_interval=args.fast_feature_cache, decode_tile=args.fast_decode_tile,
+                              encode_tile=args.fast_encode_tile),
         )
     except ValueError as exc:
         raise SystemExit(f"outpaint bench: {exc}") from None

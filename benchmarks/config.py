@@ -56,6 +56,7 @@ class FastSettings:
     unguided_tail_steps: int = _FAST_DEFAULTS.unguided_tail_steps  # 2 = the steps below sigma 0.28 at 25 DDIM steps
     feature_cache_interval: int = _FAST_DEFAULTS.feature_cache_interval  # whole UNet every k-th call; 1 = off
     decode_tile: int | None = _FAST_DEFAULTS.decode_tile  # latent cells of a VAE-decode tile; None = one piece
+    encode_tile: int | None = _FAST_DEFAULTS.encode_tile  # the same for the VAE encode
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ anonymous and file-backed parts (a memory-mapped weight file counts as long as i
 step count does not change the memory: what does is which shapes were compiled, so the requests use
 few steps (`--steps`). Each setting is an OpenVINO shape mode (engine/backends/openvino.py):
 "static" compiles, and holds weights for, every input shape; "dynamic" one model per batch size.
-`--decode-tile off` measures without the tiled VAE decode.
+`--decode-tile off` / `--encode-tile off` measure without the tiled VAE decode / encode. Each row
+also says which graph run held the highest resident set sampled in that request (every 10 ms, per
+graph and input shape): where the next lever must act.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import FastSettings, parse_canvas
@@ -40,6 +44,51 @@ def process_memory_gib() -> dict[str, float]:
     return values
 
 
+def _resident_gib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20  # kB
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class GraphPeaks:
+    """The highest resident set sampled while each graph ran, per graph and input shape (GiB).
+
+    A thread samples VmRSS every `interval_s`; each graph's `run` is wrapped to mark when it runs. A
+    sample is a lower bound of the true peak between samples (VmHWM is exact but says nothing of
+    when): enough to say which run holds a peak of seconds-long activations."""
+
+    def __init__(self, graphs: dict, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.running: str | None = None
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        for name, graph in graphs.items():
+            graph.run = self._wrap(name, graph.run)
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _wrap(self, name: str, run: Callable) -> Callable:
+        def wrapped(feeds):
+            first = next(iter(feeds.values()))
+            self.running = f"{name} {'x'.join(map(str, first.shape))}"
+            try:
+                return run(feeds)
+            finally:
+                self.running = None
+        return wrapped
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            key = self.running or "between graph runs"
+            self.peaks[key] = max(self.peaks.get(key, 0.0), _resident_gib())
+
+    def take(self) -> dict[str, float]:
+        """The peaks since the last take, highest first, and start afresh."""
+        taken, self.peaks = self.peaks, {}
+        return {k: round(v, 3) for k, v in sorted(taken.items(), key=lambda kv: -kv[1])}
+
+
 def _tile(text: str) -> int | None:
     return None if text.lower() in ("off", "none") else int(text)
 
@@ -52,7 +101,7 @@ def _canvas(text: str) -> tuple[int, int]:
 
 
 def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: str | None,
-            decode_tile: int | None) -> dict:
+            decode_tile: int | None, encode_tile: int | None) -> dict:
     """Runs in the measured process: load the fast pipeline, one request per canvas, memory after each."""
     import numpy as np
 
@@ -66,8 +115,10 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
 
     chosen = backend or fast_backend().backend
     started = time.perf_counter()
-    pipe = OutpaintPipeline.load(model, chosen, options=FastPathOptions(decode_tile=decode_tile))
+    pipe = OutpaintPipeline.load(model, chosen,
+                                 options=FastPathOptions(decode_tile=decode_tile, encode_tile=encode_tile))
     rows = [{"after": "load", "seconds": round(time.perf_counter() - started, 1), **process_memory_gib()}]
+    peaks = GraphPeaks(pipe.graphs)
     for width, height in canvases:
         rgb = source_rgb(width, height)  # the left half of the canvas, as in `outpaint bench`
         source = SourceImage(rgb=rgb, known=np.ones(rgb.shape[:2], dtype=bool))
@@ -76,12 +127,13 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
         started = time.perf_counter()
         pipe(source, request)
         rows.append({"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
-                     **process_memory_gib()})
-    return {"backend": chosen, "decode_tile": decode_tile, "rows": rows}
+                     **process_memory_gib(), "sampled_peaks": peaks.take()})
+    return {"backend": chosen, "decode_tile": decode_tile, "encode_tile": encode_tile, "rows": rows}
 
 
 def _child(args: argparse.Namespace) -> int:
-    result = measure(args.model, args.canvases, args.steps, args.backend, _tile(args.decode_tile))
+    result = measure(args.model, args.canvases, args.steps, args.backend, _tile(args.decode_tile),
+                     _tile(args.encode_tile))
     print(json.dumps(result), flush=True)
     return 0
 
@@ -97,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=None, help="default: what `--fast` picks on this CPU")
     parser.add_argument("--decode-tile", default=str(FastSettings.decode_tile),
                         help="the fast path's VAE-decode tile in latent cells, or 'off' (default: the fast path's)")
+    parser.add_argument("--encode-tile", default=str(FastSettings.encode_tile),
+                        help="the fast path's VAE-encode tile in latent cells, or 'off' (default: the fast path's)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -108,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = []
     for mode in args.shapes.split(","):
         command = [sys.executable, "-m", "outpaint.benchmarks.memory", "--child", "--model", str(args.model),
-                   "--steps", str(args.steps), "--decode-tile", args.decode_tile,
+                   "--steps", str(args.steps), "--decode-tile", args.decode_tile, "--encode-tile", args.encode_tile,
                    "--canvases", *(f"{w}x{h}" for w, h in args.canvases)]
         if args.backend:
             command += ["--backend", args.backend]
@@ -122,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         peak = result["rows"][-1]["VmHWM"]
         print(f"{mode:8s} {result['backend']}: peak {peak:.2f} GiB; "
               + ", ".join(f"{r['after']} {r['VmHWM']:.2f}" for r in result["rows"]), flush=True)
+        for row in result["rows"][1:]:
+            held, gib = next(iter(row["sampled_peaks"].items()), ("-", 0.0))
+            print(f"  {row['after']}: highest sampled {gib:.2f} GiB in {held}", flush=True)
     report = {"command": "python -m outpaint.benchmarks.memory " + " ".join(argv or sys.argv[1:]),
               "machine": describe_machine(), "steps": args.steps,
               "canvases": [f"{w}x{h}" for w, h in args.canvases], "settings": settings}

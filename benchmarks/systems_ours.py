@@ -60,7 +60,8 @@ def _load(system: str, config: BenchConfig):
         fast = config.fast
         options = FastPathOptions(decode_margin=fast.decode_margin, window_margin=fast.window_margin,
                                   unguided_tail_steps=fast.unguided_tail_steps,
-                                  feature_cache_interval=fast.feature_cache_interval, decode_tile=fast.decode_tile)
+                                  feature_cache_interval=fast.feature_cache_interval, decode_tile=fast.decode_tile,
+                                  encode_tile=fast.encode_tile)
         # run_benchmark resolves None to what `--fast` picks here; a worker started by hand does the same.
         backend = "openvino-int8" if system == "outpaint-fast-int8" else fast.backend or fast_backend().backend
         return OutpaintPipeline.load(config.model_dir, backend, options=options,

@@ -41,7 +41,7 @@ from .guidance import UNetFn
 from .regions import Box, regenerate_box
 from .schedulers import Plan
 
-MIN_DECODE_TILE = 8  # latent cells (64 px): smaller tiles are mostly overlap
+MIN_VAE_TILE = 8  # latent cells (64 px): smaller tiles are mostly overlap
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,21 @@ class FastPathOptions:
     # (1.56x the pixels) where 64-cell tiles took 9 (2.25x, and 2.1x the time); every canvas up to
     # 640x640 in area (768x512 too) decodes exactly as before. Memory and picture: docs/benchmarks.md.
     decode_tile: int | None = 80
+    # The same for the VAE encoder (its latents blended in latent space): at 1024x1024 its activations
+    # were the server's peak once the decode was tiled (benchmarks/RESULTS.md, "Memory"). 80 cells for
+    # the same reasons; canvases up to 640x640 in area encode exactly as before.
+    encode_tile: int | None = 80
 
     def __post_init__(self) -> None:
         for name in ("decode_margin", "window_margin"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InvalidRequest(name, f"must be None (off) or a number of latent cells >= 0, got {value}")
-        if self.decode_tile is not None and self.decode_tile < MIN_DECODE_TILE:
-            raise InvalidRequest("decode_tile", f"must be None (off) or a number of latent cells >= "
-                                 f"{MIN_DECODE_TILE}, got {self.decode_tile}")
+        for name in ("decode_tile", "encode_tile"):
+            tile = getattr(self, name)
+            if tile is not None and tile < MIN_VAE_TILE:
+                raise InvalidRequest(name, f"must be None (off) or a number of latent cells >= {MIN_VAE_TILE}, "
+                                     f"got {tile}")
         if self.unguided_tail_steps < 0:
             raise InvalidRequest("unguided_tail_steps", f"must be >= 0, got {self.unguided_tail_steps}")
         if self.feature_cache_interval < 1:
@@ -91,7 +97,7 @@ class FastPathOptions:
 
 
 EXACT = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1,
-                        decode_tile=None)
+                        decode_tile=None, encode_tile=None)
 
 
 def graphs_to_load(options: FastPathOptions, exported: tuple[str, ...], folder: object) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ from .loop import KnownRegion, StepEvent, denoise_loop
 from .request import SEED_MAX, OutpaintRequest
 from .schedulers import SCHEDULERS, NoiseScheduleConfig, Plan, Scheduler, get_scheduler
 from .seam import seam_score
-from .tiled_decode import decode_tiled
+from .tiled_vae import decode_tiled, encode_tiled
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("outpaint")
@@ -221,14 +221,22 @@ class OutpaintPipeline:
         return out[LAST_HIDDEN_STATE], warnings
 
     def encode_image(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (1, 4, H/8, W/8) float32 latents (mean x scaling factor)."""
-        mean = self.graphs[VAE_ENCODER].run({IMAGE: cv.to_model_image(rgb)})[LATENT_MEAN]
+        """(H, W, 3) uint8 -> (1, 4, H/8, W/8) float32 latents (mean x scaling factor); in tiles where
+        the canvas's area exceeds one square tile of the fast path's `encode_tile` cells
+        (engine/tiled_vae.py)."""
+        def encode(image: np.ndarray) -> np.ndarray:
+            return self.graphs[VAE_ENCODER].run({IMAGE: image})[LATENT_MEAN]
+
+        image = cv.to_model_image(rgb)
+        tile = self.options.encode_tile
+        mean = (encode(image) if tile is None
+                else encode_tiled(encode, image, tile, tile // 4, self.manifest.latent_channels))
         self.release_memory(VAE_ENCODER)
         return mean * self.scaling_factor
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(1, 4, h, w) latents -> (H, W, 3) uint8; in tiles where the latents' area exceeds one square
-        tile of the fast path's `decode_tile` cells (engine/tiled_decode.py)."""
+        tile of the fast path's `decode_tile` cells (engine/tiled_vae.py)."""
         def decode(z: np.ndarray) -> np.ndarray:
             return self.graphs[VAE_DECODER].run({LATENT: z})[IMAGE]
 

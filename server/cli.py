@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from outpaint.engine import coherence, colour_match, large_canvas
 from outpaint.engine.backends.registry import BACKENDS
-from outpaint.engine.fast_path import MIN_DECODE_TILE, FastPathOptions
+from outpaint.engine.fast_path import MIN_VAE_TILE, FastPathOptions
 
 from .config import MIB, ServerConfig
 
@@ -32,7 +32,7 @@ def add_serve(sub) -> None:
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path: approximate inside the new "
                    "area, several times faster (docs/benchmarks.md); without --backend it runs bf16 where "
                    "this CPU has it natively, else fp32, and logs which")
-    _add_decode_tile(p)
+    _add_vae_tiles(p)
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     coherence.add_arguments(p)
@@ -75,7 +75,7 @@ def _cmd_serve(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        decode_tile=args.decode_tile, large_canvas=large_canvas.from_arguments(args),
+        decode_tile=args.decode_tile, encode_tile=args.encode_tile, large_canvas=large_canvas.from_arguments(args),
         coherence=coherence.from_arguments(args),
         colour_match=args.colour_match, no_auth=args.no_auth,
         price=args.price, concurrency=args.concurrency, max_queue=args.max_queue, timeout_s=args.timeout_s,
@@ -113,7 +113,7 @@ def add_serve_ray(sub) -> None:
     p.add_argument("--backend", default=defaults.backend, choices=tuple(BACKENDS),
                    help="graph runtime (default ort-cpu)")
     p.add_argument("--fast", action="store_true", help="serve the CPU fast path (see `outpaint serve --help`)")
-    _add_decode_tile(p)
+    _add_vae_tiles(p)
     colour_match.add_argument(p)
     large_canvas.add_arguments(p)
     coherence.add_arguments(p)
@@ -158,7 +158,7 @@ def _cmd_serve_ray(args) -> int:
     logging.getLogger("outpaint").setLevel(getattr(logging, args.log_level.upper()))
     config = ServerConfig(
         model=args.model, db=args.db, host=args.host, port=args.port, backend=args.backend, fast=args.fast,
-        decode_tile=args.decode_tile, large_canvas=large_canvas.from_arguments(args),
+        decode_tile=args.decode_tile, encode_tile=args.encode_tile, large_canvas=large_canvas.from_arguments(args),
         coherence=coherence.from_arguments(args),
         colour_match=args.colour_match,
         no_auth=args.no_auth, price=args.price, concurrency=args.concurrency, max_queue=args.max_queue,
@@ -173,7 +173,7 @@ def _cmd_serve_ray(args) -> int:
     return serve_ray(config, options, address=args.address, num_cpus=args.num_cpus)
 
 
-def _decode_tile(text: str) -> int | Literal["auto"] | None:
+def _vae_tile(text: str) -> int | Literal["auto"] | None:
     if text in ("auto", "off"):
         return None if text == "off" else "auto"
     try:
@@ -182,12 +182,14 @@ def _decode_tile(text: str) -> int | Literal["auto"] | None:
         raise argparse.ArgumentTypeError(f"expected a number of latent cells, 'off' or 'auto', got {text!r}") from None
 
 
-def _add_decode_tile(p) -> None:
-    p.add_argument("--decode-tile", type=_decode_tile, default="auto", metavar="CELLS|off|auto",
-                   help=f"decode canvases larger in area than a CELLS x CELLS latent tile in overlapping tiles, "
-                        f"bounding the decoder's memory (engine/tiled_decode.py; >= {MIN_DECODE_TILE}); 'auto' "
-                        f"(default): {FastPathOptions().decode_tile} with --fast, one piece without it; a server "
-                        "that must stay under 6 GiB with 1024x1024 canvases uses 64 (docs/benchmarks.md, \"Memory\")")
+def _add_vae_tiles(p) -> None:
+    defaults = FastPathOptions()
+    for stage, default, verb in (("decode", defaults.decode_tile, "decoder"),
+                                 ("encode", defaults.encode_tile, "encoder")):
+        p.add_argument(f"--{stage}-tile", type=_vae_tile, default="auto", metavar="CELLS|off|auto",
+                       help=f"{stage} canvases larger in area than a CELLS x CELLS latent tile in overlapping tiles, "
+                            f"bounding the VAE {verb}'s memory (engine/tiled_vae.py; >= {MIN_VAE_TILE}); 'auto' "
+                            f"(default): {default} with --fast, one piece without it (docs/benchmarks.md, \"Memory\")")
 
 
 def _add_sequence_limits(p, defaults: ServerConfig) -> None:

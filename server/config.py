@@ -9,7 +9,7 @@ from typing import Literal
 from outpaint.engine.canvas import DEFAULT_MAX_PIXELS
 from outpaint.engine.coherence import COHERENCE_DEFAULT, Coherence
 from outpaint.engine.colour_match import COLOUR_MATCH_DEFAULT
-from outpaint.engine.fast_path import EXACT, MIN_DECODE_TILE, FastPathOptions
+from outpaint.engine.fast_path import EXACT, MIN_VAE_TILE, FastPathOptions
 from outpaint.engine.large_canvas import LARGE_CANVAS_DEFAULT, LargeCanvas
 from outpaint.engine.pan import MAX_PANORAMA_WIDTH
 
@@ -26,10 +26,11 @@ class ServerConfig:
     # None: ort-cpu, or with `fast` the fastest precision this CPU runs natively (engine/cpu_features.py).
     backend: str | None = None
     fast: bool = False  # the fast path's levers (engine/fast_path.py) on the pipeline
-    # Latent cells of a VAE-decode tile (engine/tiled_decode.py); "auto": the fast path's default with
-    # `fast`, one piece without it (the exact path); None: never tile. Tiling bounds the decode's memory
-    # on large canvases at a small cost in the picture; a server that must stay under 6 GiB uses 64.
+    # Latent cells of a VAE-decode and a VAE-encode tile (engine/tiled_vae.py); "auto": the fast path's
+    # default with `fast`, one piece without it (the exact path); None: never tile. Tiling bounds the
+    # VAE's memory on large canvases at a small cost in the picture (docs/benchmarks.md, "Memory").
     decode_tile: int | Literal["auto"] | None = "auto"
+    encode_tile: int | Literal["auto"] | None = "auto"
     large_canvas: LargeCanvas = LARGE_CANVAS_DEFAULT  # canvases past the model's native size
     colour_match: str = COLOUR_MATCH_DEFAULT  # engine/colour_match.py
     coherence: Coherence = COHERENCE_DEFAULT  # engine/coherence.py
@@ -64,9 +65,13 @@ class ServerConfig:
     job_retention_s: float = 3600.0
 
     def fast_path_options(self) -> FastPathOptions:
-        """The levers the pipeline runs: the fast path's defaults or none, with `decode_tile` applied."""
+        """The levers the pipeline runs: the fast path's defaults or none, with the VAE tiles applied."""
         options = FastPathOptions() if self.fast else EXACT
-        return options if self.decode_tile == "auto" else replace(options, decode_tile=self.decode_tile)
+        if self.decode_tile != "auto":
+            options = replace(options, decode_tile=self.decode_tile)
+        if self.encode_tile != "auto":
+            options = replace(options, encode_tile=self.encode_tile)
+        return options
 
     def problems(self) -> list[str]:
         """What is wrong with this configuration, as messages naming the flag (empty when fine)."""
@@ -109,8 +114,9 @@ class ServerConfig:
                          f"and {self.max_queued_jobs}")
         if self.job_retention_s <= 0:
             found.append(f"--job-retention-s must be > 0 seconds, got {self.job_retention_s}")
-        if isinstance(self.decode_tile, int) and self.decode_tile < MIN_DECODE_TILE:
-            found.append(f"--decode-tile must be off or >= {MIN_DECODE_TILE} latent cells, got {self.decode_tile}")
+        for flag, tile in (("--decode-tile", self.decode_tile), ("--encode-tile", self.encode_tile)):
+            if isinstance(tile, int) and tile < MIN_VAE_TILE:
+                found.append(f"{flag} must be off, auto or >= {MIN_VAE_TILE} latent cells, got {tile}")
         if not 0 <= self.port <= 65535:
             found.append(f"--port must be 0 to 65535, got {self.port}")
         return found

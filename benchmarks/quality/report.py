@@ -60,7 +60,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {v['n']} | " + " | ".join(cells) + " |")
     paired = result.get("paired")
     if paired:
-        lines += ["", "## Paired: the 9-channel model against the 4-channel blend, tiled against whole decode", "",
+        lines += ["", "## Paired: the 9-channel model against the 4-channel blend, tiled against whole VAE", "",
                   "Each row is the first system's score minus the second's on the same case, scene and noise "
                   "(paired: mean ± two standard errors). PSNR, SSIM: higher is better; seam, ΔE: lower is "
                   "better.", "",

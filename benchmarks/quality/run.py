@@ -3,6 +3,7 @@ writes the JSON, the markdown table and the contact sheet."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -38,13 +39,15 @@ SYSTEMS = ("infill", "gray", "outpaint-ort-cpu", "outpaint-openvino-fp32", "outp
 # "outpaint-ort-cpu+large-off" / "outpaint-ort-cpu+large-STRENGTH" (the large-canvas strategy off / forced) and
 # "outpaint-ort-cpu+coherence-WIDTH-STRENGTH-STEPS" (its images with the default colour match and the
 # coherence pass at those settings; after outpaint-ort-cpu; "+colour-band" is the same with the pass off).
-# "outpaint-ort-cpu+tile-N" is outpaint-ort-cpu's latents decoded with the fast path's tiled decode at N cells.
+# "outpaint-ort-cpu+tile-N" is outpaint-ort-cpu's latents decoded with the fast path's tiled decode at N cells;
+# "outpaint-ort-cpu+encode-tile-N" the exact path generating again with the tiled VAE encode at N cells.
 # "outpaint-inpaint9" is the exact path on the 9-channel inpainting model, and takes the same "+colour-MODE"
 # and "+coherence-..." suffixes; "diffusers-inpaint9" is diffusers' pipeline on that model.
 RESEED = "outpaint-ort-cpu-reseed"
 LARGE_PREFIX = "outpaint-ort-cpu+large-"
 COHERENCE_PREFIX = "outpaint-ort-cpu+coherence-"
 TILE_PREFIX = "outpaint-ort-cpu+tile-"  # its images' latents decoded again in tiles of N latent cells
+ENCODE_TILE_PREFIX = "outpaint-ort-cpu+encode-tile-"  # generated again from a source encoded in tiles
 POST_BASES = ("outpaint-ort-cpu", INPAINT9)  # the systems whose images "+colour-" / "+coherence-" post-process
 # (9-channel, 4-channel) pairs whose paired differences the report shows when both ran: raw, at the engine's
 # defaults (colour match and coherence pass), and in diffusers' pipeline.
@@ -86,17 +89,20 @@ def large_canvas_variant(name: str):
 
 
 def tile_variant(name: str) -> int:
-    """The decode tile (latent cells) of "outpaint-ort-cpu+tile-N"."""
+    """The VAE tile (latent cells) of "outpaint-ort-cpu+tile-N" (decode) or "...+encode-tile-N"."""
     from outpaint.core.errors import InvalidRequest
     from outpaint.engine.fast_path import FastPathOptions
 
+    encode = name.startswith(ENCODE_TILE_PREFIX)
+    prefix, field = (ENCODE_TILE_PREFIX, "encode_tile") if encode else (TILE_PREFIX, "decode_tile")
     try:
-        tile = int(name.removeprefix(TILE_PREFIX))
-        FastPathOptions(decode_tile=tile)  # the engine's own bounds
+        tile = int(name.removeprefix(prefix))
+        FastPathOptions(**{field: tile})  # the engine's own bounds
         return tile
     except (ValueError, InvalidRequest) as exc:
-        raise UnknownSystem(f"{name!r}: a tiled-decode variant is {TILE_PREFIX}N, N latent cells >= 8, e.g. "
-                            f"{TILE_PREFIX}32 ({exc})") from None
+        what = "tiled-encode" if encode else "tiled-decode"
+        raise UnknownSystem(f"{name!r}: a {what} variant is {prefix}N, N latent cells >= 8, e.g. "
+                            f"{prefix}32 ({exc})") from None
 
 
 # ":int8" runs the int8 twins `outpaint quantize` adds to the model folder (export/quantize.py).
@@ -185,6 +191,9 @@ def build_systems(config: QualityConfig) -> list[System]:
             systems.append(Cohered(name, post_base(name), coherence_variant(name)))
         elif name.startswith(TILE_PREFIX):
             systems.append(Retiled(name, post_base(name), tile_variant(name)))
+        elif name.startswith(ENCODE_TILE_PREFIX):
+            tiled = dataclasses.replace(EXACT, encode_tile=tile_variant(name))
+            systems.append(Ours(name, ours("ort-cpu", options=tiled)))
         elif name == INPAINT9:
             systems.append(Ours(name, ours("ort-cpu", config.inpaint_model)))
         elif name == "diffusers-inpaint9":
@@ -340,10 +349,12 @@ def coherence_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[s
 
 def paired_verdicts(rows: list[dict[str, Any]], systems: list[str]) -> dict[str, Any] | None:
     """Each 9-channel system against its 4-channel counterpart (NINE_CHANNEL_PAIRS) and each tiled
-    decode against the whole one, on the same (case, seed): paired differences overall and per case."""
+    decode or encode against the whole one, on the same (case, seed): paired differences overall and per
+    case."""
     pairs = [(nine, four) for nine, four in NINE_CHANNEL_PAIRS if nine in systems and four in systems]
     if "outpaint-ort-cpu" in systems:
-        pairs += [(name, "outpaint-ort-cpu") for name in systems if name.startswith(TILE_PREFIX)]
+        pairs += [(name, "outpaint-ort-cpu") for name in systems
+                  if name.startswith((TILE_PREFIX, ENCODE_TILE_PREFIX))]
     if not pairs:
         return None
     cases = list(dict.fromkeys(r["case"] for r in rows))

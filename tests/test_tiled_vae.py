@@ -1,6 +1,6 @@
-"""The tiled VAE decode (engine/tiled_decode.py): tiles cover the canvas with the overlap asked, the
-blend weights sum to one, a decoder without context gives exactly the whole decode, and canvases that
-fit in one tile decode bit for bit as before."""
+"""The tiled VAE decode and encode (engine/tiled_vae.py): tiles cover the canvas with the overlap
+asked, the blend weights sum to one, a decoder or encoder without context gives exactly the whole
+result, and canvases that fit in one tile run bit for bit as before."""
 
 import argparse
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 
 from outpaint.core.errors import InvalidRequest
 from outpaint.engine.fast_path import EXACT, FastPathOptions
-from outpaint.engine.tiled_decode import decode_tiled, tile_starts
+from outpaint.engine.tiled_vae import decode_tiled, encode_tiled, tile_starts
 
 
 @pytest.mark.parametrize("size", [8, 64, 65, 80, 96, 128, 129, 200])
@@ -52,11 +52,41 @@ def test_one_tile_is_the_whole_decode():
     np.testing.assert_array_equal(out, latents[:, :3].repeat(8, 2).repeat(8, 3) * 2)
 
 
+def _pooled(image: np.ndarray) -> np.ndarray:
+    """An encoder with no context: each 8x8 block's mean of the three channels, and their sum."""
+    n, c, h, w = image.shape
+    means = image.reshape(n, c, h // 8, 8, w // 8, 8).mean(axis=(3, 5))
+    return np.concatenate([means, means.sum(axis=1, keepdims=True)], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (128, 64), (100, 72), (64, 200)])
+def test_an_encoder_without_context_is_encoded_exactly(shape):
+    image = np.random.default_rng(2).uniform(-1, 1, (1, 3, shape[0] * 8, shape[1] * 8)).astype(np.float32)
+    calls = []
+
+    def encode(x):
+        calls.append(x.shape[2:])
+        return _pooled(x)
+
+    tiled = encode_tiled(encode, image, 64, 16)
+    assert tiled.shape == (1, 4, *shape)
+    np.testing.assert_allclose(tiled, _pooled(image), rtol=0, atol=1e-5)
+    assert len(calls) > 1 and all(h <= 512 and w <= 512 for h, w in calls)
+
+
+def test_one_tile_is_the_whole_encode():
+    image = np.random.default_rng(3).uniform(-1, 1, (1, 3, 512, 384)).astype(np.float32)
+    np.testing.assert_array_equal(encode_tiled(_pooled, image, 64, 16), _pooled(image))
+
+
 def test_bad_tiles_name_the_option():
-    with pytest.raises(InvalidRequest, match="decode_tile"):
-        FastPathOptions(decode_tile=4)
+    for name in ("decode_tile", "encode_tile"):
+        with pytest.raises(InvalidRequest, match=name):
+            FastPathOptions(**{name: 4})
     with pytest.raises(ValueError, match="overlap"):
         decode_tiled(_pointwise, np.zeros((1, 4, 80, 80), np.float32), 64, 64)
+    with pytest.raises(ValueError, match="overlap"):
+        encode_tiled(_pooled, np.zeros((1, 3, 640, 640), np.float32), 64, 80)
 
 
 def test_the_pipeline_tiles_past_the_tile_and_not_within_it(tiny_model_dir):
@@ -74,12 +104,37 @@ def test_the_pipeline_tiles_past_the_tile_and_not_within_it(tiny_model_dir):
     assert not np.array_equal(a, b), "each tile's decoder sees only the tile"
 
 
+def test_the_pipeline_encodes_in_tiles_past_the_tile_and_not_within_it(tiny_model_dir):
+    from outpaint.core.graphs import VAE_ENCODER
+    from outpaint.engine.pipeline import OutpaintPipeline
+
+    whole = OutpaintPipeline.load(tiny_model_dir, "ort-cpu")
+    tiled = OutpaintPipeline.load(tiny_model_dir, "ort-cpu", options=dataclasses.replace(EXACT, encode_tile=8))
+    shapes = []
+    graph = tiled.graphs[VAE_ENCODER]
+    run = graph.run
+
+    def recorded(feeds):
+        shapes.append(next(iter(feeds.values())).shape)
+        return run(feeds)
+
+    graph.run = recorded  # type: ignore[method-assign]
+    rgb = np.random.default_rng(4).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(whole.encode_image(rgb[:64, :64]), tiled.encode_image(rgb[:64, :64]))
+    assert shapes == [(1, 3, 64, 64)]
+    a, b = whole.encode_image(rgb), tiled.encode_image(rgb)
+    assert a.shape == b.shape == (1, 4, 16, 24)
+    assert len(shapes) > 2 and all(s[2] <= 64 and s[3] <= 64 for s in shapes[1:])
+    assert not np.array_equal(a, b), "each tile's encoder sees only the tile"
+    assert np.abs(a - b).mean() < np.abs(a).mean(), "the tiles' latents are blended, not noise"
+
+
 def test_the_benchmark_variant_is_the_pipeline_with_tiles(tiny_model_dir):
     """`+tile-N` decodes the base's latents again: it must give exactly what the pipeline loaded with
     that decode tile gives."""
     from outpaint.benchmarks.quality.cases import Case
     from outpaint.benchmarks.quality.metrics import Rect
-    from outpaint.benchmarks.quality.run import UnknownSystem, tile_variant
+    from outpaint.benchmarks.quality.run import QualityConfig, UnknownSystem, build_systems, tile_variant
     from outpaint.benchmarks.quality.systems import Ours, Retiled, request_for
     from outpaint.engine import canvas as cv
     from outpaint.engine.coherence import COHERENCE_OFF
@@ -88,6 +143,12 @@ def test_the_benchmark_variant_is_the_pipeline_with_tiles(tiny_model_dir):
     assert tile_variant("outpaint-ort-cpu+tile-8") == 8
     with pytest.raises(UnknownSystem, match="decode_tile"):
         tile_variant("outpaint-ort-cpu+tile-4")
+    assert tile_variant("outpaint-ort-cpu+encode-tile-16") == 16
+    with pytest.raises(UnknownSystem, match=r"tiled-encode variant is outpaint-ort-cpu\+encode-tile-N.*encode_tile"):
+        tile_variant("outpaint-ort-cpu+encode-tile-2")
+    (encoded,) = build_systems(QualityConfig(model=tiny_model_dir, systems=["outpaint-ort-cpu+encode-tile-16"]))
+    assert isinstance(encoded, Ours) and isinstance(encoded.pipeline, OutpaintPipeline)
+    assert encoded.pipeline.options == dataclasses.replace(EXACT, encode_tile=16)
     case = Case("t", 256, 192, Rect(0, 0, 128, 192))
     source = np.random.default_rng(3).integers(0, 256, (192, 128, 3), dtype=np.uint8)
     base = Ours("outpaint-ort-cpu", OutpaintPipeline.load(tiny_model_dir, colour_match="off", coherence=COHERENCE_OFF))
@@ -100,20 +161,26 @@ def test_the_benchmark_variant_is_the_pipeline_with_tiles(tiny_model_dir):
     assert not np.array_equal(variant, untiled)
 
 
-def test_the_server_flag_reaches_the_pipeline(tiny_model_dir):
-    from outpaint.server.cli import _decode_tile
+def test_the_server_flags_reach_the_pipeline(tiny_model_dir):
+    from outpaint.server.cli import _vae_tile, add_serve
     from outpaint.server.config import ServerConfig
     from outpaint.server.loading import load_pipeline
 
-    assert (_decode_tile("auto"), _decode_tile("off"), _decode_tile("64")) == ("auto", None, 64)
+    assert (_vae_tile("auto"), _vae_tile("off"), _vae_tile("64")) == ("auto", None, 64)
     with pytest.raises(argparse.ArgumentTypeError, match="latent cells, 'off' or 'auto', got 'big'"):
-        _decode_tile("big")
+        _vae_tile("big")
+    parser = argparse.ArgumentParser()
+    add_serve(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(tiny_model_dir), "--decode-tile", "off", "--encode-tile", "64"])
+    assert (args.decode_tile, args.encode_tile) == (None, 64)
     base = ServerConfig(model=tiny_model_dir, no_auth=True)
     # "auto": the fast path's default with --fast, the exact path (one piece) without it.
     assert base.fast_path_options() == EXACT
     assert dataclasses.replace(base, fast=True).fast_path_options() == FastPathOptions()
-    assert dataclasses.replace(base, fast=True, decode_tile=None).fast_path_options().decode_tile is None
-    assert dataclasses.replace(base, decode_tile=7).problems() == [
-        "--decode-tile must be off or >= 8 latent cells, got 7"]
-    _, pipeline = load_pipeline(dataclasses.replace(base, decode_tile=8))
-    assert pipeline.options == dataclasses.replace(EXACT, decode_tile=8)
+    fast_untiled = dataclasses.replace(base, fast=True, decode_tile=None, encode_tile=None).fast_path_options()
+    assert (fast_untiled.decode_tile, fast_untiled.encode_tile) == (None, None)
+    assert dataclasses.replace(base, decode_tile=7, encode_tile=3).problems() == [
+        "--decode-tile must be off, auto or >= 8 latent cells, got 7",
+        "--encode-tile must be off, auto or >= 8 latent cells, got 3"]
+    _, pipeline = load_pipeline(dataclasses.replace(base, decode_tile=8, encode_tile=16))
+    assert pipeline.options == dataclasses.replace(EXACT, decode_tile=8, encode_tile=16)
