@@ -14,7 +14,7 @@ from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.engine.request import OutpaintRequest
 
 OFF = FastPathOptions(decode_margin=None, window_margin=None, unguided_tail_steps=0, feature_cache_interval=1,
-                      decode_tile=None)
+                      decode_tile=None, encode_tile=None)
 
 
 @pytest.fixture(scope="module")
