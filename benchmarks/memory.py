@@ -12,7 +12,8 @@ few steps (`--steps`). Each setting is an OpenVINO shape mode (engine/backends/o
 "static" compiles, and holds weights for, every input shape; "dynamic" one model per batch size.
 `--decode-tile off` / `--encode-tile off` measure without the tiled VAE decode / encode. Each row
 also says which graph run held the highest resident set sampled in that request (every 10 ms, per
-graph and input shape): where the next lever must act.
+graph and input shape; "after" a run is the time until the next, its buffers held until released):
+where the next lever must act.
 """
 
 from __future__ import annotations
@@ -71,16 +72,18 @@ class GraphPeaks:
     def _wrap(self, name: str, run: Callable) -> Callable:
         def wrapped(feeds):
             first = next(iter(feeds.values()))
-            self.running = f"{name} {'x'.join(map(str, first.shape))}"
+            label = f"{name} {'x'.join(map(str, first.shape))}"
+            self.running = label
             try:
                 return run(feeds)
             finally:
-                self.running = None
+                # Until the next run: its buffers are held until the pipeline releases them.
+                self.running = f"after {label}"
         return wrapped
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            key = self.running or "between graph runs"
+            key = self.running or "before any graph run"
             self.peaks[key] = max(self.peaks.get(key, 0.0), _resident_gib())
 
     def take(self) -> dict[str, float]:

@@ -184,3 +184,12 @@ def test_the_server_flags_reach_the_pipeline(tiny_model_dir):
         "--encode-tile must be off, auto or >= 8 latent cells, got 3"]
     _, pipeline = load_pipeline(dataclasses.replace(base, decode_tile=8, encode_tile=16))
     assert pipeline.options == dataclasses.replace(EXACT, decode_tile=8, encode_tile=16)
+
+
+@pytest.mark.parametrize("stage", ["decode", "encode"])
+def test_the_time_benchmark_runs_both_halves_whole_and_tiled(tiny_model_dir, stage):
+    from outpaint.benchmarks.vae_tiles import measure
+
+    (row,) = measure(tiny_model_dir, [(128, 96)], tile=8, runs=1, stage=stage)
+    assert (row["stage"], row["canvas"], row["tile_cells"], row["runs"]) == (stage, "128x96", 8, 1)
+    assert row["whole_s"] > 0 and row["tiled_s"] > 0
