@@ -14,10 +14,10 @@ Levers (each measured in benchmarks/; see docs/benchmarks.md for what each one b
   the mask, an approximation inside it (less context for attention and convolutions).
 - guidance-free tail (`unguided_tail_steps`): the last steps run the UNet on the prompt alone
   (batch 1 instead of 2). An approximation: it changes the image, a little at low noise levels.
-- tiled decode (`decode_tile`, engine/tiled_decode.py): a canvas larger than a tile in area is
-  decoded in overlapping tiles blended linearly, so the decoder's activations are at most one tile's
-  (2.3 GiB at 1024x1024 for SD 1.5). An approximation: each tile's GroupNorms and attention see only
-  the tile. Canvases no larger than a tile decode as before, bit for bit.
+- tiled VAE (`decode_tile`, `encode_tile`, engine/tiled_vae.py): a canvas larger than a tile in area
+  is decoded (encoded) in overlapping tiles blended linearly, so the decoder's (encoder's) activations
+  are at most one tile's (2.3 GiB and 1.5 GiB at 1024x1024 for SD 1.5). An approximation: each tile's
+  GroupNorms and attention see only the tile. Canvases no larger than a tile run as before, bit for bit.
 - feature caching across steps (`feature_cache_interval`, DeepCache): every k-th UNet call runs the
   whole UNet and keeps its deep feature; the calls between run only the shallow path on top of it
   (export/feature_cache.py). An approximation: the deep feature is up to k-1 calls old.

@@ -129,8 +129,8 @@ class Cohered:
 @dataclass
 class Retiled:
     """`base`'s latest generation decoded again with the tiled VAE decode at `tile` latent cells
-    (engine/tiled_decode.py), then pasted back: the same image as the pipeline loaded with that
-    `decode_tile` (tests/test_tiled_decode.py checks it), without denoising again."""
+    (engine/tiled_vae.py), then pasted back: the same image as the pipeline loaded with that
+    `decode_tile` (tests/test_tiled_vae.py checks it), without denoising again."""
 
     name: str
     base: Ours
