@@ -86,6 +86,9 @@ class GraphPeaks:
             key = self.running or "before any graph run"
             self.peaks[key] = max(self.peaks.get(key, 0.0), _resident_gib())
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def take(self) -> dict[str, float]:
         """The peaks since the last take, highest first, and start afresh."""
         taken, self.peaks = self.peaks, {}
@@ -131,6 +134,7 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
         pipe(source, request)
         rows.append({"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
                      **process_memory_gib(), "sampled_peaks": peaks.take()})
+    peaks.stop()
     return {"backend": chosen, "decode_tile": decode_tile, "encode_tile": encode_tile, "rows": rows}
 
 

@@ -4,6 +4,7 @@ result, and canvases that fit in one tile run bit for bit as before."""
 
 import argparse
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,47 @@ def test_the_time_benchmark_runs_both_halves_whole_and_tiled(tiny_model_dir, sta
     (row,) = measure(tiny_model_dir, [(128, 96)], tile=8, runs=1, stage=stage)
     assert (row["stage"], row["canvas"], row["tile_cells"], row["runs"]) == (stage, "128x96", 8, 1)
     assert row["whole_s"] > 0 and row["tiled_s"] > 0
+
+
+def test_the_memory_benchmark_says_which_graph_run_held_each_peak(tiny_model_dir):
+    from outpaint.benchmarks.memory import measure
+
+    result = measure(tiny_model_dir, [(64, 64), (192, 128)], steps=1, backend="ort-cpu", decode_tile=8,
+                     encode_tile=8)
+    assert (result["backend"], result["decode_tile"], result["encode_tile"]) == ("ort-cpu", 8, 8)
+    load, small, large = result["rows"]
+    assert load["after"] == "load" and "sampled_peaks" not in load
+    assert (small["after"], large["after"]) == ("64x64", "192x128")
+    for row in (small, large):
+        assert row["VmHWM"] >= row["VmRSS"] > 0
+        peaks = row["sampled_peaks"]
+        assert list(peaks.values()) == sorted(peaks.values(), reverse=True)
+        assert all(0 < gib <= row["VmHWM"] + 0.01 for gib in peaks.values())
+        assert all(re.fullmatch(r"(after )?\w+ [\dx]+|before any graph run", key) for key in peaks), peaks
+
+
+def test_graph_peaks_attribute_memory_to_the_run_that_held_it():
+    import time
+
+    from outpaint.benchmarks.memory import GraphPeaks
+
+    class Holder:
+        def __init__(self, mib: int) -> None:
+            self.mib = mib
+
+        def run(self, feeds):
+            held = np.ones(self.mib * 2**18, np.float32)  # touched: resident
+            time.sleep(0.3)
+            return {"out": held[:1]}
+
+    graphs = {"small": Holder(1), "big": Holder(400)}
+    peaks = GraphPeaks(graphs, interval_s=0.005)
+    graphs["small"].run({"x": np.zeros((1, 3, 8, 8))})
+    graphs["big"].run({"x": np.zeros((2, 4))})
+    graphs["small"].run({"x": np.zeros((1, 3, 8, 8))})
+    taken = peaks.take()
+    assert next(iter(taken)) == "big 2x4"
+    assert taken["big 2x4"] - taken["small 1x3x8x8"] > 0.3  # GiB: the 400 MiB array
+    time.sleep(0.05)
+    assert set(peaks.take()) == {"after small 1x3x8x8"}  # the time since: the last run's leftovers
+    peaks.stop()
