@@ -28,6 +28,11 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+# Environment variables that cap the instruction sets the runtimes use (oneDNN in OpenVINO and torch,
+# torch's own kernels, MKL): a run with any of them set measured a smaller CPU than its flags say.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def describe_machine() -> dict[str, Any]:
     features = cpu_features()
     return {
@@ -37,6 +42,7 @@ def describe_machine() -> dict[str, Any]:
         "flags": {flag: features.has(flag) for flag in FLAGS_OF_INTEREST},
         # Capabilities yes/no, native bf16, what OpenVINO reports and the backend `--fast` picks here.
         "capabilities": features.summary(),
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
         "memory_gib": _mem_total_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),

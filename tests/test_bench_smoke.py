@@ -101,6 +101,16 @@ def test_machine_and_load_are_recorded(results):
     assert results["config"]["size"] == "tiny"
 
 
+def test_an_instruction_set_cap_is_recorded_with_the_machine(monkeypatch):
+    from outpaint.benchmarks.machine import ISA_CAPS, describe_machine
+
+    for name in ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    assert describe_machine()["isa_caps"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert describe_machine()["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 def test_all_systems_compute_the_same_unet(results):
     errors = {a["system"]: a["max_rel_error_vs_diffusers"] for a in results["agreement"]}
     assert set(errors) == {"openvino-fp32", "openvino-bf16", OPTIMUM, "outpaint-ort-cpu", "outpaint-openvino-fp32",
