@@ -45,14 +45,6 @@ def process_memory_gib() -> dict[str, float]:
     return values
 
 
-def _resident_gib() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20  # kB
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 class GraphPeaks:
     """The highest resident set sampled while each graph ran, per graph and input shape (GiB).
 
@@ -84,7 +76,7 @@ class GraphPeaks:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
             key = self.running or "before any graph run"
-            self.peaks[key] = max(self.peaks.get(key, 0.0), _resident_gib())
+            self.peaks[key] = max(self.peaks.get(key, 0.0), process_memory_gib()["VmRSS"])
 
     def stop(self) -> None:
         self._stop.set()

@@ -19,14 +19,8 @@ from pathlib import Path
 
 from .config import FastSettings, parse_canvas
 
-STAGES = {"decode": "decode_tile", "encode": "encode_tile"}  # --stage -> the FastPathOptions field it tiles
-
-
-def _run(pipe, stage: str, data) -> None:
-    if stage == "decode":
-        pipe.decode_latents(data)
-    else:
-        pipe.encode_image(data)
+# --stage -> the FastPathOptions field it tiles, and the pipeline method it times
+STAGES = {"decode": ("decode_tile", "decode_latents"), "encode": ("encode_tile", "encode_image")}
 
 
 def measure(model: Path, canvases: list[tuple[int, int]], tile: int, runs: int, stage: str = "decode") -> list[dict]:
@@ -36,7 +30,7 @@ def measure(model: Path, canvases: list[tuple[int, int]], tile: int, runs: int, 
     from outpaint.engine.fast_path import FastPathOptions
     from outpaint.engine.pipeline import OutpaintPipeline
 
-    field = STAGES[stage]
+    field, method = STAGES[stage]
     whole = OutpaintPipeline.load(model, fast_backend().backend,
                                   options=dataclasses.replace(FastPathOptions(), **{field: None}))
     tiled_pipe = copy.copy(whole)  # the same loaded graphs; only the tile differs
@@ -50,11 +44,11 @@ def measure(model: Path, canvases: list[tuple[int, int]], tile: int, runs: int, 
             data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # an image
         seconds: dict[str, list[float]] = {"whole": [], "tiled": []}
         for pipe in (whole, tiled_pipe):  # warm-up: the first call at a shape builds its kernels
-            _run(pipe, stage, data)
+            getattr(pipe, method)(data)
         for _ in range(runs):
             for name, pipe in (("whole", whole), ("tiled", tiled_pipe)):
                 started = time.perf_counter()
-                _run(pipe, stage, data)
+                getattr(pipe, method)(data)
                 seconds[name].append(time.perf_counter() - started)
         medians = {name: statistics.median(values) for name, values in seconds.items()}
         rows.append({"stage": stage, "canvas": f"{width}x{height}", "tile_cells": tile, "runs": runs,
@@ -80,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .machine import describe_machine
 
-    tile = args.tile or getattr(FastSettings, STAGES[args.stage])
+    tile = args.tile or getattr(FastSettings, STAGES[args.stage][0])
     rows = measure(args.model, args.canvases, tile, args.runs, args.stage)
     if args.out:
         report = {"command": "python -m outpaint.benchmarks.vae_tiles " + " ".join(argv or sys.argv[1:]),
