@@ -3,17 +3,18 @@
     python -m outpaint.benchmarks.memory --model /work/models/full --out benchmarks/memory.json
 
 A server keeps what it compiled for every canvas it has served. This runs, in one fresh process per
-setting, what `outpaint serve --fast` runs for a request at each canvas in turn (the fast path on
-the backend `--fast` picks here, the large-canvas strategy and colour match at their defaults) and
-reads the process's memory after each: the peak (VmHWM), the resident set now (VmRSS) and its
-anonymous and file-backed parts (a memory-mapped weight file counts as long as it is mapped). The
-step count does not change the memory: what does is which shapes were compiled, so the requests use
-few steps (`--steps`). Each setting is an OpenVINO shape mode (engine/backends/openvino.py):
-"static" compiles, and holds weights for, every input shape; "dynamic" one model per batch size.
-`--decode-tile off` / `--encode-tile off` measure without the tiled VAE decode / encode. Each row
-also says which graph run held the highest resident set sampled in that request (every 10 ms, per
-graph and input shape; "after" a run is the time until the next, its buffers held until released):
-where the next lever must act.
+setting, what `outpaint serve --fast` runs for a request at each canvas in turn (the fast path on the
+backend `--fast` picks here, the large-canvas strategy and colour match at their defaults) and reads the
+process's memory after each: the peak (VmHWM), the resident set now (VmRSS) and its anonymous and
+file-backed parts (a memory-mapped weight file counts as long as it is mapped), then the resident set at
+rest (`idle_VmRSS`: after the heap's free pages go back, as the server's gate does once nothing runs,
+core/heap.py). The step count does not change the memory: what does is which shapes were compiled, so
+the requests use few steps (`--steps`). Each setting is an OpenVINO shape mode
+(engine/backends/openvino.py): "static" compiles, and holds weights for, every input shape; "dynamic"
+one model per batch size. `--decode-tile off` / `--encode-tile off` measure without the tiled VAE decode
+/ encode. Each row also says which graph run held the highest resident set sampled in that request
+(every 10 ms, per graph and input shape; "after" a run is the time until the next, its buffers held
+until released): where the next lever must act.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
     """Runs in the measured process: load the fast pipeline, one request per canvas, memory after each."""
     import numpy as np
 
+    from outpaint.core.heap import return_free_heap
     from outpaint.engine.canvas import SourceImage
     from outpaint.engine.cpu_features import fast_backend
     from outpaint.engine.fast_path import FastPathOptions
@@ -124,8 +126,11 @@ def measure(model: Path, canvases: list[tuple[int, int]], steps: int, backend: s
                                   img_width=width, img_height=height, seed=1)
         started = time.perf_counter()
         pipe(source, request)
-        rows.append({"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
-                     **process_memory_gib(), "sampled_peaks": peaks.take()})
+        row = {"after": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1),
+               **process_memory_gib(), "sampled_peaks": peaks.take()}
+        # What the server's gate does once nothing runs (core/heap.py): the resident set of a server at rest.
+        return_free_heap()
+        rows.append({**row, "idle_VmRSS": process_memory_gib()["VmRSS"]})
     peaks.stop()
     return {"backend": chosen, "decode_tile": decode_tile, "encode_tile": encode_tile, "rows": rows}
 
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{r['after']} {r['VmHWM']:.2f}" for r in result["rows"]), flush=True)
         for row in result["rows"][1:]:
             held, gib = next(iter(row["sampled_peaks"].items()), ("-", 0.0))
-            print(f"  {row['after']}: highest sampled {gib:.2f} GiB in {held}", flush=True)
+            print(f"  {row['after']}: highest sampled {gib:.2f} GiB in {held}; resident {row['VmRSS']:.2f} GiB "
+                  f"at the end, {row['idle_VmRSS']:.2f} at rest", flush=True)
     report = {"command": "python -m outpaint.benchmarks.memory " + " ".join(argv or sys.argv[1:]),
               "machine": describe_machine(), "steps": args.steps,
               "canvases": [f"{w}x{h}" for w, h in args.canvases], "settings": settings}

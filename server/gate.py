@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from outpaint.core.errors import Cancelled
+from outpaint.core.heap import return_free_heap
 from outpaint.engine.canvas import SourceImage
 from outpaint.engine.loop import StepEvent
 from outpaint.engine.pipeline import Outpainter, OutpaintResult
@@ -87,6 +88,7 @@ class Gate:
         concurrency: int = 1,
         max_queue: int = 8,
         on_step: Callable[[float], None] = lambda seconds: None,
+        when_idle: Callable[[], object] = return_free_heap,
     ) -> None:
         if concurrency < 1 or max_queue < 0:
             raise ValueError(f"concurrency must be >= 1 and max_queue >= 0, got {concurrency}, {max_queue}")
@@ -94,6 +96,9 @@ class Gate:
         self.concurrency = concurrency
         self.max_queue = max_queue
         self.on_step = on_step
+        # Called in the worker when the last running generation ends: nothing is mid-run to slow down,
+        # and the freed buffers go back to the system (core/heap.py).
+        self.when_idle = when_idle
         self.admitted = 0  # running + waiting
         self.running = 0
         self.draining = False
@@ -180,6 +185,9 @@ class Gate:
             with self._running_lock:
                 self.running -= 1
                 self._tickets.discard(ticket)
+                none_running = self.running == 0
+            if none_running:
+                self.when_idle()
 
     def _step(self, event: StepEvent, request: OutpaintRequest, ticket: Ticket, outpaints_after: int = 0) -> None:
         """Record one denoising step and stop the work if it should: `outpaints_after` more outpaints

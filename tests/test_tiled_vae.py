@@ -206,7 +206,7 @@ def test_the_memory_benchmark_says_which_graph_run_held_each_peak(tiny_model_dir
     assert load["after"] == "load" and "sampled_peaks" not in load
     assert (small["after"], large["after"]) == ("64x64", "192x128")
     for row in (small, large):
-        assert row["VmHWM"] >= row["VmRSS"] > 0
+        assert row["VmHWM"] >= row["VmRSS"] > 0 and 0 < row["idle_VmRSS"] <= row["VmHWM"]
         peaks = row["sampled_peaks"]
         assert list(peaks.values()) == sorted(peaks.values(), reverse=True)
         assert all(0 < gib <= row["VmHWM"] + 0.01 for gib in peaks.values())
