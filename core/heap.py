@@ -1,12 +1,11 @@
 """Giving the C heap's free pages back to the system once a server has nothing running.
 
 A generation allocates and frees gigabytes of intermediate buffers (OpenVINO's, released after each
-graph run: OutpaintPipeline.release_memory). glibc keeps freed heap memory mapped for reuse: a fast
-path server at rest was measured resident at 4.10 GiB after its first 512x512 request and creeping to
-4.5-5.1 GiB over a dozen requests at other canvases, then back to 4.0-4.2 GiB after `malloc_trim(0)`,
-which took 10-50 ms (benchmarks/RESULTS.md, "Memory between requests"). The peak is the same either
-way: what the trim saves is what a server holds while idle, which is what a second process on the
-same machine can use.
+graph run: OutpaintPipeline.release_memory). glibc keeps freed heap memory mapped for reuse, so a fast
+path server's resident set crept from 4.10 GiB after its first 512x512 request to 5.12 GiB over a dozen
+requests at other canvases; returning the free pages once nothing runs (10-50 ms) holds it at 4.0-4.4
+GiB, and the later requests' peaks no longer climb with it (benchmarks/RESULTS.md, "Memory between
+requests"). That is memory a second process on the same machine can use.
 """
 
 from __future__ import annotations
