@@ -7,19 +7,16 @@ import asyncio
 import ctypes
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from outpaint.benchmarks.memory import process_memory_gib
 from outpaint.core.heap import can_return_free_heap, return_free_heap
 
 
 def resident_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    return process_memory_gib()["VmRSS"] * 1024
 
 
 @pytest.mark.skipif(not can_return_free_heap(), reason="the C library has no malloc_trim (not glibc)")

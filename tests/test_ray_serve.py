@@ -186,13 +186,14 @@ def test_full_queues_answer_503_json_with_retry_after_and_charge_nothing(ray_ser
         barrier.wait(timeout=TIMEOUT)
         return post(ray_server, cheap_body(num_inference_steps=25, strength=0.4), key)
 
-    with ThreadPoolExecutor(fill + 12) as pool:
+    max_probes = 12
+    with ThreadPoolExecutor(fill + max_probes) as pool:
         filling = [pool.submit(one, i) for i in range(fill)]
         # A probe every 250 ms until one is turned away: the first to arrive after Ray has counted the fill is,
         # for as long as no filling request has finished (each takes a second or more, two at a time). The
         # proxy may answer them late, so the probes run beside each other.
         probes: list[Future[requests.Response]] = []
-        while len(probes) < 12 and not any(p.done() and p.result().status_code == 503 for p in probes):
+        while len(probes) < max_probes and not any(p.done() and p.result().status_code == 503 for p in probes):
             time.sleep(0.25)
             probes.append(pool.submit(post, ray_server, cheap_body(), key))
         responses = [f.result(timeout=TIMEOUT) for f in filling + probes]
