@@ -143,6 +143,14 @@ def test_a_burst_is_turned_away_before_its_bodies_are_read(guarded):
     assert grown < 400, grown
 
 
+def gate_full(server: ServerProcess) -> bool:
+    """All three busy requests admitted: one running, two waiting. `waiting` alone is admitted minus
+    running, so it reads 2 while only two are admitted and neither has reached the worker yet (then
+    the probe took the third slot and a busy request was turned away instead: CI, stop 24)."""
+    state = requests.get(server.url + "/readyz", timeout=TIMEOUT).json()
+    return state["running"] >= 1 and state["waiting"] >= 2
+
+
 def test_the_credit_is_reserved_only_after_the_queue_slot(guarded):
     """Before: a request turned away by a full queue reserved (then refunded) a credit first."""
     server, keys = guarded
@@ -152,11 +160,10 @@ def test_the_credit_is_reserved_only_after_the_queue_slot(guarded):
     with ThreadPoolExecutor(3) as pool:
         running = [pool.submit(post, server, cheap_body(num_inference_steps=60, strength=1.0), busy)
                    for _ in range(3)]
-        wait_until(lambda: metric(server, "outpaint_queue_depth") >= 2, 60, "the queue to fill")
+        wait_until(lambda: gate_full(server) and gate_full(server), 60, "the queue to fill")
         full = post(server, cheap_body(), key)
         assert "queue" in assert_json_error(full, 503)["error"]
-        for future in running:
-            future.result()
+        assert [future.result().status_code for future in running] == [200] * 3
     assert metric(server, "outpaint_credit_refunds_total", reason="http_503") == refunds
     assert keys.balance(key_id) == 1
 
