@@ -59,6 +59,9 @@ class GraphRecord:
     # Our tensor name -> where it is in this graph, for a graph that does not use our names (an optimum
     # export's); None for the graphs our export writes.
     bindings: dict[str, TensorBinding] | None = None
+    # An int8 twin's recipe, "full" or "hybrid" (export/quantize.py); None for a float graph, and for
+    # twins written before there was a choice (those are "full").
+    int8_mode: str | None = None
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> GraphRecord:

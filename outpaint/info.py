@@ -49,6 +49,9 @@ def describe() -> dict[str, Any]:
     }
 
 
+LEGACY_INT8 = "an earlier recipe, the edges in int8 too: quantize again"
+
+
 def describe_model(folder: Path) -> dict[str, Any]:
     """What a model folder holds, read from its manifest (an optimum export's is built from its graphs),
     and whether every graph's files are as the export wrote them (sizes; `outpaint export` checks hashes)."""
@@ -70,6 +73,9 @@ def describe_model(folder: Path) -> dict[str, Any]:
         "graphs": plain,
         "fused_attention_twins": [name for name in plain if f"{name}.mha" in graphs],
         "int8_twins": [name for name in QUANTIZABLE_GRAPHS if int8_key(name) in graphs],
+        # A twin without a recorded recipe predates them: every layer int8, the UNet's edges too.
+        "int8_modes": {name: graphs[int8_key(name)].int8_mode or LEGACY_INT8
+                       for name in QUANTIZABLE_GRAPHS if int8_key(name) in graphs},
         "feature_cache_split": split,
         "bytes_on_disk": sum(files.values()),  # the files the manifest records, each once
         "problems": problems,
@@ -80,7 +86,7 @@ def describe_model(folder: Path) -> dict[str, Any]:
 
 def format_model(model: dict[str, Any]) -> str:
     kind = "9-channel inpainting UNet" if model["unet_in_channels"] == 9 else "4-channel UNet"
-    int8 = model["int8_twins"]
+    int8 = ", ".join(f"{name} ({mode})" for name, mode in model["int8_modes"].items())
     lines = [
         f"model          {model['folder']} ({model['layout']} layout, from {model['source']})",
         f"unet           {kind}, native {model['native_size']} px",
@@ -88,8 +94,7 @@ def format_model(model: dict[str, Any]) -> str:
         f"fused attn     {', '.join(model['fused_attention_twins']) or 'none'} (what the ONNX Runtime backends read)",
         "feature cache  " + ("yes (the fast path's default)" if model["feature_cache_split"] else
                              "no: the fast path runs every UNet call whole; `outpaint export` adds the split"),
-        "int8           " + (f"{', '.join(int8)} (--backend openvino-int8)" if int8 else
-                             "none (`outpaint quantize` adds them)"),
+        "int8           " + (f"{int8} (--backend openvino-int8)" if int8 else "none (`outpaint quantize` adds them)"),
     ]
     lines += [f"note           {note}" for note in model["notes"]]
     if model["problems"]:

@@ -36,7 +36,10 @@ def quantized_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_the_twins_are_recorded_with_their_files_and_parity(quantized_dir):
+    from outpaint.info import describe_model
+
     manifest = Manifest.load(quantized_dir)
+    assert describe_model(quantized_dir)["int8_modes"] == {UNET_DEEP: "full", UNET_SHALLOW: "full"}
     for graph in (UNET_DEEP, UNET_SHALLOW):
         record = manifest.graphs[int8_key(graph)]
         assert record.file == int8_file(graph)
@@ -137,3 +140,78 @@ def test_the_bench_runs_int8_beside_the_fast_path_which_does_not_pick_it(quantiz
     assert {"unet_step_window", "unet_step_window_shallow", "outpaint_2_steps"} <= stages
     quality = {q["system"]: q for q in results["quality"]}
     assert quality["outpaint-fast-int8"]["identical_outside_mask"]
+
+
+@pytest.fixture(scope="module")
+def hybrid_dir(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-int8-hybrid") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    quantize_model(folder, [UNET_DEEP], CALIBRATION, mode="hybrid")
+    return folder
+
+
+def _int8_inputs(folder, graph: str, linear: list[str], edges: list[str]) -> dict[str, list[bool]]:
+    """For the twin of `graph` in `folder`: per kind of op (the edges kept in float, the other
+    convolutions, the other linear layers), whether each op's activation input (input 0) comes quantized
+    (a FakeQuantize), and whether each linear layer's weight is stored in 8 bits."""
+    import openvino as ov
+
+    record = Manifest.load(folder).graphs[int8_key(graph)]
+    model = ov.Core().read_model(str(folder / record.file))
+    by_name = {op.get_friendly_name(): op for op in model.get_ops()}
+
+    def quantized_input(op) -> bool:
+        return op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+
+    def eight_bit_weight(op) -> bool:
+        pending, seen = [op.input_value(1).get_node()], set()
+        while pending:  # the weight's producers, back to its constants
+            node = pending.pop()
+            if node.get_type_name() == "Constant" and node.get_element_type().bitwidth == 8:
+                return True
+            if node.get_type_name() != "Constant" and node.get_friendly_name() not in seen:
+                seen.add(node.get_friendly_name())
+                pending.extend(value.get_node() for value in node.input_values())
+        return False
+
+    convs = [op for op in model.get_ops()
+             if op.get_type_name() == "Convolution" and op.get_friendly_name() not in edges]
+    return {"edge_input": [quantized_input(by_name[name]) for name in edges],
+            "conv_input": [quantized_input(op) for op in convs],
+            "linear_input": [quantized_input(by_name[name]) for name in linear],
+            "linear_weight_8bit": [eight_bit_weight(by_name[name]) for name in linear]}
+
+
+def test_hybrid_quantizes_the_convolutions_and_only_the_weights_of_the_linear_layers(hybrid_dir, quantized_dir):
+    import openvino as ov
+
+    from outpaint.export.quantize import _weighted_matmuls, float_layers
+
+    plain = ov.Core().read_model(str(hybrid_dir / Manifest.load(hybrid_dir).graphs[UNET_DEEP].file))
+    edges = float_layers(plain)
+    assert {name.split("/")[2] for name in edges} >= {"conv_in", "conv_out", "time_embedding"}, edges
+    linear = [name for name in _weighted_matmuls(plain) if name not in edges]
+    assert len(linear) >= 10  # attention projections, feed-forward, text projections
+    hybrid = _int8_inputs(hybrid_dir, UNET_DEEP, linear, edges)
+    full = _int8_inputs(quantized_dir, UNET_DEEP, linear, edges)
+    assert Manifest.load(hybrid_dir).graphs[int8_key(UNET_DEEP)].int8_mode == "hybrid"
+    assert Manifest.load(quantized_dir).graphs[int8_key(UNET_DEEP)].int8_mode == "full"
+    # Neither quantizes the edges.
+    assert not any(hybrid["edge_input"]) and not any(full["edge_input"])
+    # Both quantize the other convolutions' activations.
+    assert sum(hybrid["conv_input"]) >= 0.8 * len(hybrid["conv_input"]), hybrid["conv_input"]
+    assert sum(full["conv_input"]) >= 0.8 * len(full["conv_input"]), full["conv_input"]
+    # Hybrid keeps every linear layer's input in float and stores its weight in 8 bits; full quantizes
+    # the inputs of most of them (its weights stay fp32 behind a FakeQuantize until compile time).
+    assert not any(hybrid["linear_input"]) and all(hybrid["linear_weight_8bit"])
+    assert sum(full["linear_input"]) >= 0.5 * len(linear), full["linear_input"]
+    parity = Manifest.load(hybrid_dir).graphs[int8_key(UNET_DEEP)].parity
+    assert 0 < parity["max_rel_error"] <= INT8_MAX_REL_ERROR
+
+
+def test_the_command_names_the_modes(tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "outpaint.cli", "quantize", str(tiny_model_dir), "--mode", "int4"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "argument --mode: invalid choice: 'int4'" in done.stderr  # argparse quotes the choices or not by version
+    assert "hybrid" in done.stderr and "full" in done.stderr

@@ -163,8 +163,15 @@ def test_the_credit_is_reserved_only_after_the_queue_slot(guarded):
         wait_until(lambda: gate_full(server) and gate_full(server), 60, "the queue to fill")
         full = post(server, cheap_body(), key)
         assert "queue" in assert_json_error(full, 503)["error"]
-        assert [future.result().status_code for future in running] == [200] * 3
-    assert metric(server, "outpaint_credit_refunds_total", reason="http_503") == refunds
+        answers = [future.result() for future in running]
+    # The busy requests all held their slots: none was turned away by the queue. On a loaded machine the
+    # last of them may be stopped by the 60 s limit, having waited for the other two (CI, stop 25); its
+    # reservation is then refunded, the probe's never made.
+    stopped = [answer for answer in answers if answer.status_code != 200]
+    assert len(stopped) < 3
+    for answer in stopped:
+        assert "time limit" in assert_json_error(answer, 503)["error"]
+    assert metric(server, "outpaint_credit_refunds_total", reason="http_503") == refunds + len(stopped)
     assert keys.balance(key_id) == 1
 
 
