@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from outpaint.engine.cpu_features import CpuFeatures, cpu_features, fast_backend
+from outpaint.engine.cpu_features import CpuFeatures, cpu_features, fast_backend, model_has_int8_twins
 
 from . import report
 from .config import NEEDS_NATIVE_BF16, BenchConfig
@@ -76,7 +76,8 @@ def choose_fast_backend(config: BenchConfig, features: CpuFeatures) -> tuple[Ben
         backend = config.fast.backend
         precision = next((p for p in ("bf16", "int8") if backend.endswith(p)), "fp32")
         return config, {"backend": backend, "precision": precision, "reason": "given with --fast-backend"}
-    choice = fast_backend(features)
+    twins = bool(config.model_dir) and model_has_int8_twins(Path(config.model_dir))
+    choice = fast_backend(features, int8_twins=twins)
     fast = {"backend": choice.backend, "precision": choice.precision, "reason": choice.reason}
     return replace(config, fast=replace(config.fast, backend=choice.backend)), fast
 

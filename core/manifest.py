@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .graphs import fast_path_unet_graphs, int8_key
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -134,6 +135,13 @@ class Manifest:
             )
         graphs = {name: GraphRecord.from_json(record) for name, record in data.pop("graphs").items()}
         return cls(**data, graphs=graphs)
+
+    def int8_fast_path(self) -> bool:
+        """Whether every UNet graph the fast path runs has an int8 twin of the current recipe (the UNet's
+        edges in float). Twins without a recorded recipe predate it: their picture fell outside the fast
+        path's bar (docs/quality.md, "int8"), so `--fast` does not pick them."""
+        twins = [self.graphs.get(int8_key(name)) for name in fast_path_unet_graphs(list(self.graphs))]
+        return all(twin is not None and twin.int8_mode is not None for twin in twins)
 
     def export_command(self, folder: Path) -> str:
         """The command that re-exports into `folder` what is damaged or missing there (and only that)."""

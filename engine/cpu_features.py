@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from outpaint.core.errors import ModelError
+from outpaint.core.manifest import read_manifest
+
 # The cpuinfo flags that decide the speed of our CPU backends; all are recorded by the benchmark.
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16",
                      "amx_int8")
@@ -134,13 +137,15 @@ def has_native_bf16() -> bool:
     return cpu_features().native_bf16
 
 
-def fast_backend(features: CpuFeatures | None = None) -> BackendChoice:
-    """The fast path's backend: bf16 on OpenVINO where it is native, else ONNX Runtime in fp32.
+def fast_backend(features: CpuFeatures | None = None, int8_twins: bool = False) -> BackendChoice:
+    """The fast path's backend: bf16 on OpenVINO where it is native; else int8 on OpenVINO where the CPU
+    has int8 dot products (VNNI) and the model has int8 twins (`int8_twins`: `outpaint quantize`,
+    Manifest.int8_fast_path); else ONNX Runtime in fp32.
 
-    int8 (`outpaint quantize`, `openvino-int8`) is never picked here, only asked for with --backend: its
-    UNet call took 0.30-0.41x fp32's time where bf16 is not native, but its fast path fell outside the
-    fast path's quality bar on the trained model (docs/quality.md, "int8"), and where bf16 is native it
-    was no faster than bf16 (benchmarks/int8-probe.json).
+    int8 where bf16 is not native: its UNet calls took a fraction of fp32's time with the ISA capped to
+    AVX-512 VNNI (benchmarks/RESULTS.md, "int8 with the edges in float"), and on the trained model its
+    fast path scores as the fp32 fast path does (docs/quality.md, "int8"). Not where bf16 is native (the
+    int8 call was no faster than bf16 on AMX) nor without VNNI (no faster than fp32 capped to AVX2).
 
     Without native bf16 ONNX Runtime is the faster fp32 runtime: its guided UNet step at 512x512
     took 15.75 s against OpenVINO fp32's 18.15 s on an AVX2-only machine, and 8.57 s against 8.53 s
@@ -150,20 +155,34 @@ def fast_backend(features: CpuFeatures | None = None) -> BackendChoice:
     if f.openvino and f.native_bf16:
         return BackendChoice("openvino-bf16", "bf16", f"this CPU runs bf16 natively ({f.bf16_source()}): "
                                                       "the fast path runs in bf16 on openvino-bf16")
+    if f.openvino and f.vnni and int8_twins:
+        return BackendChoice("openvino-int8", "int8", f"this CPU has no native bf16 ({f.bf16_source()}) but has "
+                                                      "VNNI, and the model has int8 twins: the fast path's UNet "
+                                                      "runs in int8 on openvino-int8, the rest in fp32")
     if f.openvino:
-        return BackendChoice("ort-cpu", "fp32", f"this CPU has no native bf16 ({f.bf16_source()}): "
-                                                "the fast path runs in fp32 on ort-cpu, the faster fp32 runtime")
+        twins = " (`outpaint quantize` would add the int8 twins openvino-int8 runs here)" if f.vnni else ""
+        return BackendChoice("ort-cpu", "fp32", f"this CPU has no native bf16 ({f.bf16_source()}): the fast "
+                                                f"path runs in fp32 on ort-cpu, the faster fp32 runtime{twins}")
     bf16 = " although this CPU has native bf16" if f.native_bf16 else ""
     return BackendChoice("ort-cpu", "fp32", f"openvino is not installed ({_OPENVINO_HINT}){bf16}: "
                                             "the fast path runs in fp32 on ort-cpu")
 
 
-def resolve_backend(backend: str | None, fast: bool) -> tuple[str, str | None]:
+def model_has_int8_twins(model: Path) -> bool:
+    """Whether the model folder has the int8 twins `fast_backend` may pick; False where it cannot be read
+    (loading it says why)."""
+    try:
+        return read_manifest(model).int8_fast_path()
+    except (ModelError, OSError):
+        return False
+
+
+def resolve_backend(backend: str | None, fast: bool, model: Path | None = None) -> tuple[str, str | None]:
     """The CLI's --backend: given, it is used as is (an impossible one fails when it loads); omitted, it is
-    ort-cpu, or with --fast `fast_backend()`. Returns (backend, the reason to print, or None)."""
+    ort-cpu, or with --fast `fast_backend()` for `model`. Returns (backend, the reason to print, or None)."""
     if backend is not None:
         return backend, None
     if not fast:
         return "ort-cpu", None
-    choice = fast_backend()
+    choice = fast_backend(int8_twins=model is not None and model_has_int8_twins(model))
     return choice.backend, choice.reason

@@ -1,16 +1,18 @@
 """`outpaint quantize`: int8 twins of the UNet graphs for the openvino-int8 backend.
 
 Post-training quantization by NNCF (SmoothQuant and fast bias correction, its transformer preset):
-weights and activations of the convolutions and matrix products in int8, calibrated on the UNet's own
-inputs. Those come from calibration outpaints the model itself runs here through the fast path in
-fp32, so the deep and shallow graphs see exactly the windowed shapes, timesteps and latents they see
-in service. The twin is OpenVINO IR with the graph's dynamic dimensions kept (`unet_deep/model.int8.xml`
-beside `unet_deep/model.onnx`), recorded in the manifest as `unet_deep.int8` with its parity against
-the fp32 graph; the runtime needs only OpenVINO to run it, NNCF only here.
+weights and activations of the convolutions and matrix products in int8 but for the UNet's edges
+(FLOAT_LAYERS), calibrated on the UNet's own inputs. Those come from calibration outpaints the model
+itself runs here through the fast path in fp32, so the deep and shallow graphs see exactly the
+windowed shapes, timesteps and latents they see in service. The twin is OpenVINO IR with the graph's
+dynamic dimensions kept (`unet_deep/model.int8.xml` beside `unet_deep/model.onnx`), recorded in the
+manifest as `unet_deep.int8` with its recipe and its parity against the fp32 graph; the runtime needs
+only OpenVINO to run it, NNCF only here.
 
-Why int8: on CPUs with AMX-INT8 or VNNI, OpenVINO runs the int8 UNet in about half the time of bf16
-(benchmarks/RESULTS.md). What it costs in the picture is measured on the small trained model against
-ground truth (docs/quality.md); the calibration here is what any user's weights get.
+Why int8: on CPUs with VNNI and no native bf16, OpenVINO runs the int8 UNet calls in 0.3-0.6x fp32's
+time (benchmarks/RESULTS.md; where bf16 is native, bf16 is as fast). What it costs in the picture is
+measured on the small trained model against ground truth (docs/quality.md, "int8"); the calibration here
+is what any user's weights get.
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ CALIBRATION_PROMPTS = (
 # Max |int8 - fp32| / max |fp32| over a calibration feed; past it the twin is not written. The full-size
 # random UNet measures about 0.11 (bf16 alone: 0.08), the trained small model less.
 INT8_MAX_REL_ERROR = 0.3
-MODES = ("full", "hybrid")  # what is int8: see _quantize
+MODES = ("full", "hybrid")  # what is int8: see quantize_openvino
 DEFAULT_MODE = "full"
 # Kept in float in every mode: the UNet's edges, a sliver of its work. conv_in reads the nine input
 # channels (noisy latents, the mask, the masked image's latents), whose ranges differ too much for one
 # activation scale; conv_out writes the prediction itself; the time embedding sets every block's scale
 # and shift. On held-out feeds of the small trained model (deep graph), conv_in in float cut the max
 # error from 0.153 to 0.031 of the output's range (PSNR 50.2 -> 52.9 dB), all of them to 0.027 (53.8 dB);
-# conv_out or the time embedding alone changed nothing measurable (docs/benchmarks.md, "int8").
+# conv_out or the time embedding alone changed nothing measurable (benchmarks/int8_recipes.py; the
+# picture: docs/quality.md, "int8").
 FLOAT_LAYERS = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_emb_proj/")
 Feeds = dict[str, np.ndarray]  # one UNet call's inputs, by tensor name
 
@@ -197,39 +200,43 @@ def _weighted_matmuls(model) -> list[str]:
             and any(constant_behind(op.input_value(i).get_node()) for i in range(2))]
 
 
-def float_layers(model) -> list[str]:
-    """The convolutions and matrix products of FLOAT_LAYERS in `model`, by name."""
+def float_layers(model, parts: Sequence[str] = FLOAT_LAYERS) -> list[str]:
+    """The convolutions and matrix products in `model` whose names contain one of `parts`."""
     return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ("Convolution", "MatMul")
-            and any(part in op.get_friendly_name() for part in FLOAT_LAYERS)]
+            and any(part in op.get_friendly_name() for part in parts)]
 
 
-def _quantize(model, feeds: list[Feeds], mode: str):
-    """NNCF on one OpenVINO model, FLOAT_LAYERS left in float. "full": weights and activations of every
-    other convolution and matrix product in int8 (SmoothQuant, fast bias correction). "hybrid",
-    optimum-intel's recipe for diffusion UNets: the linear layers' weights alone in int8 (computed in
-    the float precision), the convolutions' weights and activations in int8, SmoothQuant off; the linear
-    layers' inputs (attention and feed-forward activations, with their outlier channels) stay in float.
-    On the small trained model the two were as close to fp32 as each other, and full is the faster."""
+def quantize_openvino(model, feeds: list[Feeds], mode: str = DEFAULT_MODE, keep_float: Sequence[str] = FLOAT_LAYERS,
+                      smooth_quant: bool = True):
+    """NNCF on one OpenVINO model, the layers named by `keep_float` left in float. "full": weights and
+    activations of every other convolution and matrix product in int8 (SmoothQuant unless turned off,
+    fast bias correction). "hybrid", optimum-intel's recipe for diffusion UNets: the linear layers'
+    weights alone in int8 (computed in the float precision), the convolutions' weights and activations in
+    int8, SmoothQuant off; the linear layers' inputs (attention and feed-forward activations, with their
+    outlier channels) stay in float. On the small trained model the two were as close to fp32 as each
+    other (benchmarks/int8_recipes.py), and full is the faster."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     dataset = nncf.Dataset(feeds)
-    edges = float_layers(model)
-    if not edges:
-        raise ModelError("found none of the UNet's edge layers (conv_in, conv_out, the time embedding) to keep in "
-                         "float: this graph was not written by `outpaint export`")
+    edges = float_layers(model, keep_float) if keep_float else []
+    if keep_float and not edges:
+        raise ModelError(f"found none of the layers to keep in float ({', '.join(keep_float)}): this graph was "
+                         "not written by `outpaint export`")
+    no_smoothing = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
     if mode == "full":
         return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
-                             fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=edges))
+                             fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=edges),
+                             advanced_parameters=None if smooth_quant else no_smoothing)
     linear = _weighted_matmuls(model)  # named before compression, which adds decompression ops in front
     compressed = nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode.INT8_ASYM,
         ignored_scope=nncf.IgnoredScope(names=edges, types=["Convolution"], validate=False))
-    no_smoothing = AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
     return nncf.quantize(compressed, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
                          fast_bias_correction=True,
                          ignored_scope=nncf.IgnoredScope(names=sorted(set(linear) | set(edges)), validate=False),
-                         advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alphas=no_smoothing))
+                         advanced_parameters=no_smoothing)
 
 
 def quantize_graph(folder: Path, manifest: Manifest, name: str, feeds: list[Feeds],
@@ -243,7 +250,7 @@ def quantize_graph(folder: Path, manifest: Manifest, name: str, feeds: list[Feed
     base = manifest.graphs[name]
     started = time.perf_counter()
     model = ov.Core().read_model(str(folder / base.file))
-    quantized = _quantize(model, feeds, mode)
+    quantized = quantize_openvino(model, feeds, mode)
     target = folder / int8_file(name)
     # fp32 constants: the int8 weights are made at compile time from them and the FakeQuantize ranges.
     ov.save_model(quantized, str(target), compress_to_fp16=False)

@@ -77,7 +77,7 @@ def pipeline_from_args(args: argparse.Namespace) -> OutpaintPipeline:
 
     large = large_canvas.from_arguments(args)
     cohere = coherence.from_arguments(args)
-    backend, reason = resolve_backend(args.backend, args.fast)
+    backend, reason = resolve_backend(args.backend, args.fast, args.model)
     if reason:
         print(f"--fast: {reason}", file=sys.stderr)
     return OutpaintPipeline.load(args.model, backend, options=FastPathOptions() if args.fast else EXACT,

@@ -27,7 +27,7 @@ def load_pipeline(config: ServerConfig) -> tuple[ServerConfig, OutpaintPipeline]
     from outpaint.engine.cpu_features import resolve_backend
     from outpaint.engine.pipeline import OutpaintPipeline
 
-    backend, reason = resolve_backend(config.backend, config.fast)
+    backend, reason = resolve_backend(config.backend, config.fast, config.model)
     if reason:
         log.info("--fast: %s", reason)
     config = dataclasses.replace(config, backend=backend)

@@ -71,6 +71,24 @@ def test_fast_backend_is_the_fastest_native_precision_and_says_why(cpuinfo, open
     assert words in choice.reason and "\n" not in choice.reason
 
 
+@pytest.mark.parametrize("cpuinfo,openvino,backend", [
+    (ICE_LAKE, OV_NO_BF16, "openvino-int8"),  # VNNI, no bf16: the twins are used
+    (ZEN4, OV_BF16, "openvino-bf16"),  # bf16 native: bf16 stays (int8 was no faster on AMX)
+    (SAPPHIRE_RAPIDS, OV_BF16, "openvino-bf16"),
+    (AVX2_ONLY, OV_NO_BF16, "ort-cpu"),  # no VNNI: int8 was no faster than fp32 capped to AVX2
+    (ICE_LAKE, None, "ort-cpu"),  # without openvino nothing runs the twins
+], ids=["ice-lake", "zen4", "sapphire-rapids", "avx2-only", "ice-lake-no-openvino"])
+def test_int8_twins_are_picked_where_vnni_has_no_bf16_beside_it(cpuinfo, openvino, backend):
+    choice = fast_backend(_features(cpuinfo, openvino), int8_twins=True)
+    assert choice.backend == backend
+    if backend == "openvino-int8":
+        assert choice.precision == "int8" and "has int8 twins" in choice.reason
+    without = fast_backend(_features(cpuinfo, openvino), int8_twins=False)
+    assert without.backend != "openvino-int8"
+    if (cpuinfo, openvino) == (ICE_LAKE, OV_NO_BF16):
+        assert "`outpaint quantize` would add the int8 twins" in without.reason
+
+
 def test_an_explicit_backend_is_kept_and_none_means_ort_cpu_without_fast():
     assert resolve_backend("openvino-bf16", fast=True) == ("openvino-bf16", None)
     assert resolve_backend(None, fast=False) == ("ort-cpu", None)

@@ -123,7 +123,7 @@ def test_calibration_extends_each_source_in_turn_to_the_right_down_and_left(tmp_
     assert (pairs[0][0].rgb == (200, 10, 10)).all()  # scaled and cropped, not squashed with a border
 
 
-def test_the_bench_runs_int8_beside_the_fast_path_which_does_not_pick_it(quantized_dir, tmp_path):
+def test_the_bench_runs_int8_beside_the_fast_path_which_picks_it_as_fast_does(quantized_dir, tmp_path):
     from outpaint.cli import main
     from outpaint.engine.cpu_features import fast_backend
 
@@ -134,8 +134,8 @@ def test_the_bench_runs_int8_beside_the_fast_path_which_does_not_pick_it(quantiz
                  "--whole-systems", systems])
     assert code == 0
     results = json.loads(out.read_text())
-    # int8 is asked for, never picked: outside the fast path's quality bar (docs/quality.md, "int8").
-    assert results["fast_path"]["backend"] == fast_backend().backend != "openvino-int8"
+    # The folder has twins: outpaint-fast runs them where `--fast` would (VNNI without native bf16).
+    assert results["fast_path"]["backend"] == fast_backend(int8_twins=True).backend
     stages = {r["stage"] for r in results["rows"] if r["system"] == "outpaint-fast-int8"}
     assert {"unet_step_window", "unet_step_window_shallow", "outpaint_2_steps"} <= stages
     quality = {q["system"]: q for q in results["quality"]}
@@ -215,3 +215,36 @@ def test_the_command_names_the_modes(tiny_model_dir):
     assert done.returncode != 0
     assert "argument --mode: invalid choice: 'int4'" in done.stderr  # argparse quotes the choices or not by version
     assert "hybrid" in done.stderr and "full" in done.stderr
+
+
+def test_fast_picks_the_twins_only_where_every_fast_path_graph_has_one_of_the_current_recipe(
+        quantized_dir, hybrid_dir, tiny_model_dir, tmp_path):
+    from outpaint.engine.cpu_features import model_has_int8_twins
+
+    assert model_has_int8_twins(quantized_dir)
+    assert not model_has_int8_twins(tiny_model_dir)
+    assert not model_has_int8_twins(hybrid_dir)  # unet_shallow has no twin there
+    assert not model_has_int8_twins(tmp_path / "missing")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(quantized_dir, legacy)
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    del manifest["graphs"][int8_key(UNET_SHALLOW)]["int8_mode"]  # as twins were written before the recipes
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    assert not model_has_int8_twins(legacy)
+    from outpaint.info import LEGACY_INT8, describe_model
+
+    assert describe_model(legacy)["int8_modes"] == {UNET_DEEP: "full", UNET_SHALLOW: LEGACY_INT8}
+
+
+def test_the_recipe_ablation_scores_each_recipe_on_held_out_feeds(tiny_model_dir):
+    from outpaint.benchmarks.int8_recipes import run
+
+    results = run(tiny_model_dir, Calibration(steps=3, prompts=("a lighthouse on a cliff",)),
+                  ["every-layer", "edges-float"])
+    for recipe in ("every-layer", "edges-float"):
+        for graph in (UNET_DEEP, UNET_SHALLOW):
+            row = results[recipe][graph]
+            assert 0 < row["max_rel_error_mean"] < 1 and np.isfinite(row["psnr_db_mean"])
+            assert row["psnr_db_worst"] <= row["psnr_db_mean"]
+    # Different recipes give different graphs: the scores are measured, not shared.
+    assert results["every-layer"][UNET_DEEP] != results["edges-float"][UNET_DEEP]
