@@ -24,7 +24,14 @@ import numpy as np
 
 from outpaint.core.graphs import FEATURE_CACHE_GRAPHS
 from outpaint.core.manifest import Manifest
-from outpaint.export.quantize import CALIBRATION_PROMPTS, FLOAT_LAYERS, Calibration, capture_feeds, quantize_openvino
+from outpaint.export.quantize import (
+    CALIBRATION_PROMPTS,
+    FLOAT_LAYERS,
+    Calibration,
+    capture_feeds,
+    output_error,
+    quantize_openvino,
+)
 
 HELD_OUT_PROMPTS = ("a red barn in a snowy field at dusk", "a beach with palm trees, turquoise sea")
 
@@ -48,14 +55,11 @@ RECIPES = {
 
 
 def score(reference: list[np.ndarray], quantized: list[np.ndarray]) -> dict[str, float]:
-    psnrs, errors = [], []
-    for expected, actual in zip(reference, quantized, strict=True):
-        error = actual.astype(np.float64) - expected
-        peak = float(np.abs(expected).max()) or 1.0
-        psnrs.append(10 * np.log10((2 * peak) ** 2 / max(float((error**2).mean()), 1e-30)))
-        errors.append(float(np.abs(error).max()) / peak)
+    """`outpaint quantize`'s parity measure (export/quantize.py `output_error`), over every held-out feed."""
+    errors = [output_error(expected, actual) for expected, actual in zip(reference, quantized, strict=True)]
+    psnrs = [error["psnr_db"] for error in errors]
     return {"psnr_db_mean": round(float(np.mean(psnrs)), 2), "psnr_db_worst": round(float(np.min(psnrs)), 2),
-            "max_rel_error_mean": round(float(np.mean(errors)), 4)}
+            "max_rel_error_mean": round(float(np.mean([error["max_rel_error"] for error in errors])), 4)}
 
 
 def run(model: Path, calibration: Calibration, recipes: list[str]) -> dict[str, dict[str, dict[str, float]]]:

@@ -64,6 +64,9 @@ def describe_model(folder: Path) -> dict[str, Any]:
     files = {name: record.size for graph in graphs.values() for name, record in (graph.files or {}).items()}
     problems = [problem for graph in graphs.values() for problem in graph.problems(folder, hashes=False)]
     split = all(name in graphs for name in FEATURE_CACHE_GRAPHS)
+    # A twin without a recorded recipe predates them: every layer int8, the UNet's edges too.
+    int8_modes = {name: graphs[int8_key(name)].int8_mode or LEGACY_INT8
+                  for name in QUANTIZABLE_GRAPHS if int8_key(name) in graphs}
     return {
         "folder": str(folder),
         "layout": manifest.layout,
@@ -72,10 +75,8 @@ def describe_model(folder: Path) -> dict[str, Any]:
         "native_size": manifest.native_size,
         "graphs": plain,
         "fused_attention_twins": [name for name in plain if f"{name}.mha" in graphs],
-        "int8_twins": [name for name in QUANTIZABLE_GRAPHS if int8_key(name) in graphs],
-        # A twin without a recorded recipe predates them: every layer int8, the UNet's edges too.
-        "int8_modes": {name: graphs[int8_key(name)].int8_mode or LEGACY_INT8
-                       for name in QUANTIZABLE_GRAPHS if int8_key(name) in graphs},
+        "int8_twins": list(int8_modes),
+        "int8_modes": int8_modes,
         "feature_cache_split": split,
         "bytes_on_disk": sum(files.values()),  # the files the manifest records, each once
         "problems": problems,
