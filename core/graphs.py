@@ -24,9 +24,12 @@ UNET_DEEP = "unet_deep"  # the whole UNet that also returns its deep feature (ex
 UNET_SHALLOW = "unet_shallow"  # the UNet's shallow path on a cached deep feature
 GRAPHS = (TEXT_ENCODER, UNET, VAE_ENCODER, VAE_DECODER)  # what every pipeline runs
 FEATURE_CACHE_GRAPHS = (UNET_DEEP, UNET_SHALLOW)  # the UNet split feature caching runs; exported by default
+UNET_GRAPHS = (UNET, *FEATURE_CACHE_GRAPHS)
+VAE_GRAPHS = (VAE_ENCODER, VAE_DECODER)
 # `outpaint quantize` (export/quantize.py) writes an int8 twin `<graph>.int8` of these, which the
-# openvino-int8 backend runs in their place; the text encoder and the VAE stay in bf16 or fp32.
-QUANTIZABLE_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)
+# openvino-int8 backend runs in their place (the UNet's are required, the VAE's used where present); the
+# text encoder, a fraction of a second per request, stays in fp32.
+QUANTIZABLE_GRAPHS = (*UNET_GRAPHS, *VAE_GRAPHS)
 INT8 = "int8"  # the twin's variant: manifest key `unet_deep.int8`, file `unet_deep/model.int8.xml`
 
 

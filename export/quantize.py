@@ -1,16 +1,20 @@
-"""`outpaint quantize`: int8 twins of the UNet graphs for the openvino-int8 backend.
+"""`outpaint quantize`: int8 twins of the UNet graphs (and, on request, the VAE) for the openvino-int8 backend.
 
 Post-training quantization by NNCF (SmoothQuant and fast bias correction, its transformer preset):
-weights and activations of the convolutions and matrix products in int8 but for the UNet's edges
-(FLOAT_LAYERS), calibrated on the UNet's own inputs. Those come from calibration outpaints the model
-itself runs here through the fast path in fp32, so the deep and shallow graphs see exactly the
-windowed shapes, timesteps and latents they see in service. The twin is OpenVINO IR with the graph's
+weights and activations of the convolutions and matrix products in int8 but for each graph's edges
+(FLOAT_LAYERS, VAE_FLOAT_LAYERS), calibrated on the graph's own inputs. Those come from calibration
+outpaints the model itself runs here through the fast path in fp32, so the deep and shallow graphs see
+exactly the windowed shapes, timesteps and latents they see in service, and the VAE the canvases and
+latents of real requests. The twin is OpenVINO IR with the graph's
 dynamic dimensions kept (`unet_deep/model.int8.xml` beside `unet_deep/model.onnx`), recorded in the
 manifest as `unet_deep.int8` with its recipe and its parity against the fp32 graph; the runtime needs
 only OpenVINO to run it, NNCF only here.
 
 Why int8: on CPUs with VNNI and no native bf16, OpenVINO runs the int8 UNet calls in 0.3-0.6x fp32's
-time (benchmarks/RESULTS.md; where bf16 is native, bf16 is as fast). What it costs in the picture is
+time and the int8 VAE in about 0.4x (benchmarks/RESULTS.md; where bf16 is native, bf16 is as fast).
+The VAE's twins are not made by default: on the trained model its int8 decoder moved the new area's
+colour past the fast path's bar (docs/quality.md, "int8"), so they are a speed-for-colour trade the
+owner asks for (`--graphs vae_encoder,vae_decoder`). What it costs in the picture is
 measured on the small trained model against ground truth (docs/quality.md, "int8"); the calibration here
 is what any user's weights get.
 """
@@ -31,6 +35,7 @@ from outpaint.core.graphs import (
     INT8,
     QUANTIZABLE_GRAPHS,
     UNET,
+    VAE_GRAPHS,
     fast_path_unet_graphs,
     int8_file,
     int8_key,
@@ -59,6 +64,9 @@ DEFAULT_MODE = "full"
 # conv_out or the time embedding alone changed nothing measurable (benchmarks/int8_recipes.py; the
 # picture: docs/quality.md, "int8").
 FLOAT_LAYERS = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_emb_proj/")
+# The VAE's edges, likewise: the convolutions reading the image or the latents and writing the other, and
+# the 1x1 convolutions between the latents and the VAE's own channels; a few percent of its work.
+VAE_FLOAT_LAYERS = ("/conv_in/", "/conv_out/", "/quant_conv/", "/post_quant_conv/")
 Feeds = dict[str, np.ndarray]  # one UNet call's inputs, by tensor name
 
 
@@ -124,7 +132,8 @@ class _Capture:
 
 def capture_feeds(folder: Path, graphs: Sequence[str], calibration: Calibration) -> dict[str, list[Feeds]]:
     """The inputs each of `graphs` is fed over the calibration outpaints, run in fp32 by the fast path
-    (the exact path for the whole `unet`), with no post-processing stage around them."""
+    (the exact path for the whole `unet`), with no post-processing stage around them. The VAE is fed in
+    the first of those runs only (both paths feed it the same canvases), whole rather than in tiles."""
     from outpaint.engine.coherence import COHERENCE_OFF
     from outpaint.engine.fast_path import EXACT, FastPathOptions
     from outpaint.engine.large_canvas import LARGE_CANVAS_OFF
@@ -132,15 +141,15 @@ def capture_feeds(folder: Path, graphs: Sequence[str], calibration: Calibration)
 
     seen: dict[str, list[Feeds]] = {name: [] for name in graphs}
     runs = []
-    if any(name in FEATURE_CACHE_GRAPHS for name in graphs):
-        runs.append(FastPathOptions(decode_tile=None))
+    if any(name in (*FEATURE_CACHE_GRAPHS, *VAE_GRAPHS) for name in graphs):
+        runs.append(FastPathOptions(decode_tile=None, encode_tile=None))
     if UNET in graphs:
         runs.append(EXACT)
-    for options in runs:
+    for run, options in enumerate(runs):
         pipe = OutpaintPipeline.load(folder, "openvino-fp32", options=options, colour_match="off",
                                      large_canvas=LARGE_CANVAS_OFF, coherence=COHERENCE_OFF)
         for name in graphs:
-            if name in pipe.graphs:
+            if name in pipe.graphs and (run == 0 or name not in VAE_GRAPHS):
                 pipe.graphs[name] = _Capture(pipe.graphs[name], seen[name])
         for source, request in calibration_outpaints(pipe.native_size, calibration):
             pipe(source, request)
@@ -257,7 +266,7 @@ def quantize_graph(folder: Path, manifest: Manifest, name: str, feeds: list[Feed
     base = manifest.graphs[name]
     started = time.perf_counter()
     model = ov.Core().read_model(str(folder / base.file))
-    quantized = quantize_openvino(model, feeds, mode)
+    quantized = quantize_openvino(model, feeds, mode, VAE_FLOAT_LAYERS if name in VAE_GRAPHS else FLOAT_LAYERS)
     target = folder / int8_file(name)
     # fp32 constants: the int8 weights are made at compile time from them and the FakeQuantize ranges.
     ov.save_model(quantized, str(target), compress_to_fp16=False)
@@ -283,8 +292,8 @@ def quantize_model(
     progress: Callable[[str, str], None] | None = None,
     mode: str = DEFAULT_MODE,
 ) -> Manifest:
-    """Calibrate and quantize `graphs` (default: those the fast path runs) of the model in `folder`,
-    recording each twin in its manifest. `progress(graph, status)` hears "calibrating", "quantizing",
+    """Calibrate and quantize `graphs` (default: the UNet graphs the fast path runs; the VAE only when
+    named) of the model in `folder`, recording each twin in its manifest. `progress(graph, status)` hears "calibrating", "quantizing",
     "done"."""
     report = progress or (lambda graph, status: None)
     _require_nncf()
@@ -311,8 +320,9 @@ def quantize_model(
 def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="add int8 twins of the UNet graphs (NNCF) for the openvino-int8 backend")
     p.add_argument("model", type=Path, help="a model folder `outpaint export` wrote")
-    p.add_argument("--graphs", help=f"comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)} (default: those the fast "
-                   "path runs)")
+    p.add_argument("--graphs", help=f"comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)} (default: the UNet graphs "
+                   "the fast path runs; vae_encoder,vae_decoder add the VAE's twins: about 0.4x its time on "
+                   "VNNI CPUs, a colour shift past the fast path's bar on the trained model)")
     p.add_argument("--steps", type=int, default=CALIBRATION_STEPS,
                    help=f"DDIM steps of each calibration outpaint (default {CALIBRATION_STEPS})")
     p.add_argument("--image", type=Path, action="append", default=[],
@@ -322,8 +332,8 @@ def add_quantize(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help="full: weights and activations of the convolutions and matrix products in int8; "
                    "hybrid: int8 convolutions, int8 weights only in the linear layers (optimum-intel's "
-                   "recipe for diffusion UNets). Either keeps conv_in, conv_out and the time embedding in "
-                   f"float (default {DEFAULT_MODE})")
+                   "recipe for diffusion UNets). Either keeps each graph's edges in float: the UNet's conv_in, "
+                   f"conv_out and time embedding, the VAE's first and last convolutions (default {DEFAULT_MODE})")
     p.set_defaults(func=_cmd_quantize)
 
 

@@ -1,6 +1,7 @@
 """`outpaint quantize` (export/quantize.py) and the openvino-int8 backend that runs its twins: the twins
 are recorded with their parity and checked like every graph, the backend runs them in place of the UNet
-graphs only, and what cannot be done is a clear error naming the fix."""
+graphs and the VAE (the VAE's where the folder has them), and what cannot be done is a clear error naming
+the fix."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from outpaint.core.errors import ModelError
-from outpaint.core.graphs import UNET_DEEP, UNET_SHALLOW, int8_file, int8_key
+from outpaint.core.graphs import TEXT_ENCODER, UNET_DEEP, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, int8_file, int8_key
 from outpaint.core.manifest import Manifest
 from outpaint.engine.backends.openvino import OvGraph
 from outpaint.engine.coherence import COHERENCE_OFF
@@ -32,6 +33,10 @@ def quantized_dir(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-int8") / "model"
     shutil.copytree(tiny_model_dir, folder)
     quantize_model(folder, calibration=CALIBRATION)
+    # By default the UNet graphs only; the VAE's twins when asked for, beside them.
+    assert {key for key in Manifest.load(folder).graphs if key.endswith(".int8")} == {
+        int8_key(UNET_DEEP), int8_key(UNET_SHALLOW)}
+    quantize_model(folder, [VAE_ENCODER, VAE_DECODER], CALIBRATION)
     return folder
 
 
@@ -39,8 +44,9 @@ def test_the_twins_are_recorded_with_their_files_and_parity(quantized_dir):
     from outpaint.info import describe_model
 
     manifest = Manifest.load(quantized_dir)
-    assert describe_model(quantized_dir)["int8_modes"] == {UNET_DEEP: "full", UNET_SHALLOW: "full"}
-    for graph in (UNET_DEEP, UNET_SHALLOW):
+    assert describe_model(quantized_dir)["int8_modes"] == {
+        UNET_DEEP: "full", UNET_SHALLOW: "full", VAE_ENCODER: "full", VAE_DECODER: "full"}
+    for graph in (UNET_DEEP, UNET_SHALLOW, VAE_ENCODER, VAE_DECODER):
         record = manifest.graphs[int8_key(graph)]
         assert record.file == int8_file(graph)
         assert set(record.files or {}) == {int8_file(graph), int8_file(graph).removesuffix(".xml") + ".bin"}
@@ -57,8 +63,10 @@ def test_the_int8_fast_path_runs_the_twins_and_stays_near_fp32(quantized_dir):
     for backend in ("openvino-fp32", "openvino-int8"):
         pipeline = OutpaintPipeline.load(quantized_dir, backend, options=FastPathOptions(), coherence=COHERENCE_OFF)
         if backend == "openvino-int8":
-            runners = [pipeline.graphs[g] for g in (UNET_DEEP, UNET_SHALLOW)]
+            runners = [pipeline.graphs[g] for g in (UNET_DEEP, UNET_SHALLOW, VAE_ENCODER, VAE_DECODER)]
             assert all(isinstance(r, OvGraph) and r.path.name == "model.int8.xml" for r in runners)
+            text_encoder = pipeline.graphs[TEXT_ENCODER]
+            assert isinstance(text_encoder, OvGraph) and text_encoder.path.name == "model.onnx"
         result = pipeline(source, request)
         images[backend] = result.image
     known = result.canvas.mask == 0
@@ -97,9 +105,23 @@ def test_exporting_a_graph_again_drops_its_stale_twin(quantized_dir, tiny_compon
     assert graphs[int8_key(UNET_DEEP)].problems(folder, hashes=True) == []  # made from an intact graph: kept
 
 
-def test_only_the_unet_graphs_quantize(tiny_model_dir):
-    with pytest.raises(ModelError, match="cannot quantize vae_decoder: the int8 twins are of unet, unet_deep"):
-        quantize_model(tiny_model_dir, ["vae_decoder"], CALIBRATION)
+def test_the_text_encoder_does_not_quantize(tiny_model_dir):
+    with pytest.raises(ModelError, match="cannot quantize text_encoder: the int8 twins are of unet, unet_deep, "
+                       "unet_shallow, vae_encoder, vae_decoder"):
+        quantize_model(tiny_model_dir, [TEXT_ENCODER], CALIBRATION)
+
+
+def test_a_folder_quantized_before_the_vae_was_runs_its_vae_in_fp32(quantized_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(quantized_dir, folder)
+    manifest = Manifest.load(folder)
+    for graph in (VAE_ENCODER, VAE_DECODER):
+        del manifest.graphs[int8_key(graph)]
+    manifest.save(folder)
+    pipeline = OutpaintPipeline.load(folder, "openvino-int8", options=FastPathOptions())
+    runners = {g: pipeline.graphs[g] for g in (UNET_DEEP, VAE_ENCODER, VAE_DECODER)}
+    names = {g: runner.path.name for g, runner in runners.items() if isinstance(runner, OvGraph)}
+    assert names == {UNET_DEEP: "model.int8.xml", VAE_ENCODER: "model.onnx", VAE_DECODER: "model.onnx"}
 
 
 def test_the_command_rejects_too_few_steps(tiny_model_dir):
@@ -233,7 +255,8 @@ def test_fast_picks_the_twins_only_where_every_fast_path_graph_has_one_of_the_cu
     assert not model_has_int8_twins(legacy)
     from outpaint.info import LEGACY_INT8, describe_model
 
-    assert describe_model(legacy)["int8_modes"] == {UNET_DEEP: "full", UNET_SHALLOW: LEGACY_INT8}
+    assert describe_model(legacy)["int8_modes"] == {UNET_DEEP: "full", UNET_SHALLOW: LEGACY_INT8,
+                                                    VAE_ENCODER: "full", VAE_DECODER: "full"}
 
 
 def test_the_recipe_ablation_scores_each_recipe_on_held_out_feeds(tiny_model_dir):
@@ -248,3 +271,28 @@ def test_the_recipe_ablation_scores_each_recipe_on_held_out_feeds(tiny_model_dir
             assert row["psnr_db_worst"] <= row["psnr_db_mean"]
     # Different recipes give different graphs: the scores are measured, not shared.
     assert results["every-layer"][UNET_DEEP] != results["edges-float"][UNET_DEEP]
+
+
+@pytest.mark.parametrize("graph", [VAE_ENCODER, VAE_DECODER])
+def test_the_vae_twins_keep_their_edges_in_float_and_the_rest_in_int8(quantized_dir, graph):
+    import openvino as ov
+
+    from outpaint.export.quantize import VAE_FLOAT_LAYERS, float_layers
+
+    plain = ov.Core().read_model(str(quantized_dir / Manifest.load(quantized_dir).graphs[graph].file))
+    edges = float_layers(plain, VAE_FLOAT_LAYERS)
+    assert {name.split("/")[-3] for name in edges} >= {"conv_in", "conv_out"}, edges
+    twin = _int8_inputs(quantized_dir, graph, [], edges)
+    assert not any(twin["edge_input"])
+    assert sum(twin["conv_input"]) >= 0.8 * len(twin["conv_input"]), twin["conv_input"]
+
+
+def test_the_vae_benchmark_swaps_the_twins_in_one_pipeline_and_names_what_is_missing(quantized_dir, tiny_model_dir):
+    from outpaint.benchmarks.vae_int8 import compare
+
+    report = compare(quantized_dir, runs=1)
+    assert [row["vae"] for row in report["rows"]] == ["int8", "fp32"]
+    assert all(row["vae_decode_s"] > 0 and row["total_s"] >= row["denoise_s"] for row in report["rows"])
+    assert set(report["int8_over_fp32"]) == {"total_s", "vae_encode_s", "denoise_s", "vae_decode_s"}
+    with pytest.raises(ModelError, match="no int8 twin of vae_encoder, vae_decoder"):
+        compare(tiny_model_dir, runs=1)

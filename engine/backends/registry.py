@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from outpaint.core.errors import InvalidRequest, ModelError
-from outpaint.core.graphs import GRAPHS, QUANTIZABLE_GRAPHS, int8_key
+from outpaint.core.graphs import GRAPHS, QUANTIZABLE_GRAPHS, UNET_GRAPHS, int8_key
 from outpaint.core.manifest import Manifest
 
 from .base import GraphRunner
@@ -45,16 +45,19 @@ def _openvino_loader(precision: str) -> GraphLoader:
 
 
 def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
-    """The UNet graphs' int8 twins (export/quantize.py), everything else as openvino-fp32 runs it: int8
-    pays off against fp32 on CPUs with VNNI and no native bf16, and the quality benchmark judges exactly
-    that computation on every machine. A UNet graph without a twin is a ModelError naming the fix."""
+    """The int8 twins (export/quantize.py) of the UNet graphs and, where the folder has them, of the VAE;
+    everything else as openvino-fp32 runs it: int8 pays off against fp32 on CPUs with VNNI and no native
+    bf16, and the quality benchmark judges exactly that computation on every machine. A UNet graph
+    without a twin is a ModelError naming the fix; a VAE without one (folders quantized before the VAE
+    was) runs in fp32."""
     from .openvino import OvOptions, load_openvino_graphs
 
-    lacking = [name for name in names if name in QUANTIZABLE_GRAPHS and int8_key(name) not in manifest.graphs]
+    lacking = [name for name in names if name in UNET_GRAPHS and int8_key(name) not in manifest.graphs]
     if lacking:
         raise ModelError(f"{folder} has no int8 twin of {', '.join(lacking)}: run `outpaint quantize {folder}` "
                          f"(it calibrates on outpaints of the model itself), or use openvino-bf16 / openvino-fp32")
-    files = {name: manifest.graphs[int8_key(name) if name in QUANTIZABLE_GRAPHS else name].file for name in names}
+    files = {name: manifest.graphs[int8_key(name) if name in QUANTIZABLE_GRAPHS and int8_key(name) in manifest.graphs
+                                   else name].file for name in names}
     shapes = os.environ.get("OUTPAINT_OV_SHAPES") or OvOptions.shapes
     return dict(load_openvino_graphs(folder, files, OvOptions(precision="fp32", shapes=shapes)))
 
@@ -81,8 +84,8 @@ BACKENDS: dict[str, GraphLoader] = {
     "ort-cuda": _ort_loader(("CUDAExecutionProvider", "CPUExecutionProvider")),
     "openvino-bf16": _openvino_loader("bf16"),
     "openvino-fp32": _openvino_loader("fp32"),
-    # The UNet's int8 twins from `outpaint quantize` (for CPUs with VNNI and no bf16), fp32 elsewhere;
-    # asked for only: `--fast` never picks it (docs/benchmarks.md, "int8").
+    # The UNet's and the VAE's int8 twins from `outpaint quantize`, fp32 elsewhere: `--fast` picks it
+    # on CPUs with VNNI and no native bf16 where the folder has the twins (engine/cpu_features.py).
     "openvino-int8": _openvino_int8_loader,
     # NVIDIA GPUs (docs/gpu.md): TensorRT inside ONNX Runtime, and native engines from `outpaint build-engines`.
     "ort-trt": _ort_trt_loader,
