@@ -21,11 +21,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 STAGES = ("vae_encode", "denoise", "vae_decode")
 
 
-def compare(model: Path, runs: int) -> dict[str, object]:
+def compare(model: Path, runs: int) -> dict[str, Any]:
     """Per request: which VAE ran, the total and the stages' seconds; `runs` requests of each, alternating."""
     from outpaint.benchmarks.config import BenchConfig
     from outpaint.benchmarks.systems_ours import _load

@@ -1,22 +1,21 @@
-"""`outpaint quantize`: int8 twins of the UNet graphs (and, on request, the VAE) for the openvino-int8 backend.
+"""`outpaint quantize`: int8 twins of the UNet graphs (the VAE's on request) for the openvino-int8 backend.
 
 Post-training quantization by NNCF (SmoothQuant and fast bias correction, its transformer preset):
 weights and activations of the convolutions and matrix products in int8 but for each graph's edges
 (FLOAT_LAYERS, VAE_FLOAT_LAYERS), calibrated on the graph's own inputs. Those come from calibration
 outpaints the model itself runs here through the fast path in fp32, so the deep and shallow graphs see
 exactly the windowed shapes, timesteps and latents they see in service, and the VAE the canvases and
-latents of real requests. The twin is OpenVINO IR with the graph's
-dynamic dimensions kept (`unet_deep/model.int8.xml` beside `unet_deep/model.onnx`), recorded in the
-manifest as `unet_deep.int8` with its recipe and its parity against the fp32 graph; the runtime needs
-only OpenVINO to run it, NNCF only here.
+latents of real requests. The twin is OpenVINO IR with the graph's dynamic dimensions kept
+(`unet_deep/model.int8.xml` beside `unet_deep/model.onnx`), recorded in the manifest as `unet_deep.int8`
+with its recipe and its parity against the fp32 graph; the runtime needs only OpenVINO to run it, NNCF
+only here.
 
 Why int8: on CPUs with VNNI and no native bf16, OpenVINO runs the int8 UNet calls in 0.3-0.6x fp32's
-time and the int8 VAE in about 0.4x (benchmarks/RESULTS.md; where bf16 is native, bf16 is as fast).
-The VAE's twins are not made by default: on the trained model its int8 decoder moved the new area's
-colour past the fast path's bar (docs/quality.md, "int8"), so they are a speed-for-colour trade the
-owner asks for (`--graphs vae_encoder,vae_decoder`). What it costs in the picture is
-measured on the small trained model against ground truth (docs/quality.md, "int8"); the calibration here
-is what any user's weights get.
+time and the int8 VAE in under half (benchmarks/RESULTS.md; where bf16 is native, bf16 is as fast).
+What it costs in the picture is measured on the small trained model against ground truth (docs/quality.md,
+"int8"); the calibration here is what any user's weights get. The VAE's twins are not made by default:
+there its int8 decoder moved the new area's colour past the fast path's bar, so they are a
+speed-for-colour trade the owner asks for (`--graphs vae_encoder,vae_decoder`).
 """
 
 from __future__ import annotations
@@ -293,8 +292,8 @@ def quantize_model(
     mode: str = DEFAULT_MODE,
 ) -> Manifest:
     """Calibrate and quantize `graphs` (default: the UNet graphs the fast path runs; the VAE only when
-    named) of the model in `folder`, recording each twin in its manifest. `progress(graph, status)` hears "calibrating", "quantizing",
-    "done"."""
+    named) of the model in `folder`, recording each twin in its manifest. `progress(graph, status)` hears
+    "calibrating", "quantizing", "done"."""
     report = progress or (lambda graph, status: None)
     _require_nncf()
     manifest = Manifest.load(folder)  # our exports only: an optimum folder has no manifest to record in
@@ -321,7 +320,7 @@ def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="add int8 twins of the UNet graphs (NNCF) for the openvino-int8 backend")
     p.add_argument("model", type=Path, help="a model folder `outpaint export` wrote")
     p.add_argument("--graphs", help=f"comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)} (default: the UNet graphs "
-                   "the fast path runs; vae_encoder,vae_decoder add the VAE's twins: about 0.4x its time on "
+                   "the fast path runs; vae_encoder,vae_decoder add the VAE's twins: about half its time on "
                    "VNNI CPUs, a colour shift past the fast path's bar on the trained model)")
     p.add_argument("--steps", type=int, default=CALIBRATION_STEPS,
                    help=f"DDIM steps of each calibration outpaint (default {CALIBRATION_STEPS})")
