@@ -66,7 +66,7 @@ FLOAT_LAYERS = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_emb_proj/"
 # The VAE's edges, likewise: the convolutions reading the image or the latents and writing the other, and
 # the 1x1 convolutions between the latents and the VAE's own channels; a few percent of its work.
 VAE_FLOAT_LAYERS = ("/conv_in/", "/conv_out/", "/quant_conv/", "/post_quant_conv/")
-Feeds = dict[str, np.ndarray]  # one UNet call's inputs, by tensor name
+Feeds = dict[str, np.ndarray]  # one graph call's inputs, by tensor name
 
 
 @dataclass(frozen=True)
