@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from outpaint.core.graphs import ENCODER_HIDDEN_STATES, SAMPLE, UNET, UNET_DEEP, UNET_SHALLOW
+from outpaint.core.graphs import ENCODER_HIDDEN_STATES, SAMPLE, UNET, UNET_DEEP, UNET_GRAPHS, UNET_SHALLOW
 
 from .config import FAST_SYSTEMS, BenchConfig
 from .recorder import Recorder
@@ -69,9 +69,6 @@ def _load(system: str, config: BenchConfig):
                                      coherence=COHERENCE_OFF)
     return OutpaintPipeline.load(config.model_dir, BACKEND_OF[system], large_canvas=LARGE_CANVAS_OFF,
                                  colour_match="off", coherence=COHERENCE_OFF)
-
-
-UNET_GRAPHS = (UNET, UNET_DEEP, UNET_SHALLOW)  # whichever of them a request's UNet calls run
 
 
 def _whole_outpaint(pipe, config: BenchConfig, rec: Recorder) -> None:

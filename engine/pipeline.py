@@ -35,6 +35,7 @@ from outpaint.core.graphs import (
     TEXT_ENCODER,
     UNET,
     UNET_DEEP,
+    UNET_GRAPHS,
     UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
@@ -500,7 +501,7 @@ class OutpaintPipeline:
         assert last_event is not None, "a plan has at least one step (Scheduler.plan validates it)"
         latents = last_event.latents  # read after the loop: a device loop copies to the host only this once
         timings["denoise"] = float(sum(step_seconds))
-        self.release_memory(UNET, UNET_DEEP, UNET_SHALLOW)
+        self.release_memory(*UNET_GRAPHS)
 
         started = time.perf_counter()
         # With the region decode on, `decoded` holds the source outside the decoded box.

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from outpaint.core.errors import InvalidRequest, ModelError
-from outpaint.core.graphs import GRAPHS, QUANTIZABLE_GRAPHS, UNET_GRAPHS, int8_key
+from outpaint.core.graphs import GRAPHS, UNET_GRAPHS, int8_key
 from outpaint.core.manifest import Manifest
 
 from .base import GraphRunner
@@ -56,8 +56,7 @@ def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]
     if lacking:
         raise ModelError(f"{folder} has no int8 twin of {', '.join(lacking)}: run `outpaint quantize {folder}` "
                          f"(it calibrates on outpaints of the model itself), or use openvino-bf16 / openvino-fp32")
-    files = {name: manifest.graphs[int8_key(name) if name in QUANTIZABLE_GRAPHS and int8_key(name) in manifest.graphs
-                                   else name].file for name in names}
+    files = {name: manifest.graphs.get(int8_key(name), manifest.graphs[name]).file for name in names}
     shapes = os.environ.get("OUTPAINT_OV_SHAPES") or OvOptions.shapes
     return dict(load_openvino_graphs(folder, files, OvOptions(precision="fp32", shapes=shapes)))
 
