@@ -125,7 +125,7 @@ def gpu_model_dir(model_copy):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_gpu_backend_matches_the_cpu_fp32_image(gpu_model_dir, tiny_pipeline, backend):
-    if backend == "tensorrt" and not HAS_TENSORRT:
+    if backend in ("tensorrt", "ort-trt") and not HAS_TENSORRT:  # ONNX Runtime's TensorRT EP loads its libraries
         pytest.skip("TensorRT is not installed on this GPU machine")
     source = make_png(128, 128, seed=3)
     reference = tiny_pipeline(source, _request())

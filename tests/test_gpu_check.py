@@ -397,6 +397,8 @@ def test_the_cpu_reference_worker_and_the_comparison(tiny_model_dir, tmp_path):
     compare_with_reference(reference, "ort-trt", damaged)
     assert damaged["status"] == "failed" and damaged["reason"].startswith("fail:")
     assert damaged["image"]["bar_psnr_db"] == 30
+    # Plain Python values: the report is JSON (a numpy bool here once ended a GPU run's report).
+    assert json.loads(json.dumps([again["image"], damaged["image"]])) == [again["image"], damaged["image"]]
 
 
 def test_a_worker_that_outruns_its_budget_is_reported_not_waited_for(tiny_model_dir, tmp_path):
@@ -508,19 +510,29 @@ def _wheel(path: Path) -> Path:
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine would run the whole check")
 def test_the_visit_script_joins_wheel_parts_installs_them_and_runs_the_check(tmp_path):
-    wheels = tmp_path / ".whl"
     wheel = _wheel(tmp_path)
     data = wheel.read_bytes()
     third = len(data) // 3 + 1
-    for index, suffix in enumerate(("aa", "ab", "ac")):  # as `split -b` names them, one per folder
-        folder = wheels / str(index + 1)
-        folder.mkdir(parents=True)
-        (folder / f"{wheel.name}.part-{suffix}").write_bytes(data[index * third:(index + 1) * third])
+    parts = {suffix: data[index * third:(index + 1) * third] for index, suffix in enumerate(("aa", "ab", "ac"))}
     wheel.unlink()
+    wheels = tmp_path / ".whl"
     env = dict(os.environ, WHEELS=str(wheels), OUT=str(tmp_path / "out"), PYTHON=sys.executable,
-               GPU_VISIT_SITE=str(tmp_path / "site"), GPU_VISIT_CLEAN=str(tmp_path / "clean"))
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_visit.sh"), "check"], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300, check=False)
+               GPU_VISIT_SITE=str(tmp_path / "site"), GPU_VISIT_CLEAN=str(tmp_path / "clean"),
+               GPU_VISIT_STASH=str(tmp_path / "stash"))
+
+    def call(mode: str, carried: dict[str, bytes]) -> subprocess.CompletedProcess[str]:
+        """One device call: its `carry` replaces .whl/ with the one numbered folder it names."""
+        shutil.rmtree(wheels, ignore_errors=True)
+        for index, (suffix, part) in enumerate(carried.items()):
+            folder = wheels / str(index + 1)
+            folder.mkdir(parents=True)
+            (folder / f"{wheel.name}.part-{suffix}").write_bytes(part)
+        return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_visit.sh"), mode], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=300, check=False)
+
+    assert call("stash", {"aa": parts["aa"]}).returncode == 0
+    assert call("stash", {"ab": parts["ab"]}).returncode == 0
+    done = call("check", {"ac": parts["ac"]})
     assert done.returncode == 2, done.stdout + done.stderr  # the check's own exit: no GPU here
     assert (tmp_path / "site" / "visitprobe" / "__init__.py").read_text().startswith("VALUE = 42")
     log = (tmp_path / "out" / "gpu-check.log").read_text()
@@ -530,10 +542,10 @@ def test_the_visit_script_joins_wheel_parts_installs_them_and_runs_the_check(tmp
     assert not (tmp_path / "clean" / ".venv").exists()
 
     # A part still to carry: that wheel is left out, with the reason, and the check still runs.
-    shutil.rmtree(wheels / "2")
+    shutil.rmtree(tmp_path / "stash")
     shutil.rmtree(tmp_path / "site")
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_visit.sh"), "check"], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300, check=False)
+    assert call("stash", {"aa": parts["aa"]}).returncode == 0
+    done = call("check", {"ac": parts["ac"]})
     assert done.returncode == 2
     assert f"{wheel.name}: its 2 parts do not make a whole wheel" in done.stdout
     assert not (tmp_path / "site" / "visitprobe").exists()

@@ -169,6 +169,13 @@ def compare_with_reference(reference: dict[str, Any], name: str, entry: dict[str
         entry["reason"] = comparison.verdict
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar that slipped into the report as its Python value: a report is never lost to one."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"the report cannot hold a {type(value).__name__}")
+
+
 def run_check(settings: CheckSettings, out_json: Path, command: str, budget_s: float = DEFAULT_BUDGET_S,
               run_tests: bool = True, backends: tuple[str, ...] = (*OUR_GPU_BACKENDS, DIFFUSERS),
               say: Callable[[str], None] = print, gpu: Gpu | None = None) -> dict[str, Any]:
@@ -205,7 +212,7 @@ def run_check(settings: CheckSettings, out_json: Path, command: str, budget_s: f
         data["speedups"] = reporting.speedups(data["backends"])
         data["problems"] = reporting.verdict(data)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(data, indent=1) + "\n")
+        out_json.write_text(json.dumps(data, indent=1, default=_plain) + "\n")
 
     parts = plan(settings, need_export, runnable, run_tests)
     if not runnable & set(OUR_GPU_BACKENDS):

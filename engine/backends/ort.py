@@ -94,7 +94,8 @@ class OrtGraph:
             # ONNX Runtime falls back to the next provider with only a log line when one fails to start.
             raise BackendUnavailable(
                 f"{name}: ONNX Runtime could not start {wanted[0]} and fell back to {started}; its log above says "
-                "which library is missing (CUDA 12 + cuDNN 9 for CUDA, TensorRT 10's libnvinfer for TensorRT)"
+                "which library is missing (the CUDA runtime, cuBLAS and cuDNN 9 the onnxruntime-gpu wheel was built "
+                "for, TensorRT 10's libnvinfer for TensorRT)"
             )
         self._declared = [
             (i.name, _ORT_TYPES.get(i.type, i.type), [d if isinstance(d, int) else None for d in i.shape])
