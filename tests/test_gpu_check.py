@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from outpaint.benchmarks.gpu_check.probe import (
     Gpu,
     NoGpu,
     missing_for,
+    package_versions,
     parse_cuda_version,
     parse_smi_query,
     visible_gpu,
@@ -130,6 +132,21 @@ def test_nvidia_smi_rows_and_cuda_version_are_read():
     assert parse_cuda_version("no header here") is None
     with pytest.raises(NoGpu, match="cannot read"):
         parse_smi_query("0, NVIDIA H200\n")
+
+
+def test_the_report_names_outpaints_version_also_from_a_source_tree(monkeypatch):
+    import outpaint
+
+    assert package_versions()["outpaint"].startswith(outpaint.__version__)
+    real_version = metadata.version
+
+    def version(name: str) -> str:  # as when the check runs from the visit's clean copy on PYTHONPATH
+        if name == "outpaint":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert package_versions()["outpaint"] == f"{outpaint.__version__} (source tree, not installed)"
 
 
 def test_cuda_visible_devices_picks_or_hides_gpus_as_cuda_does():

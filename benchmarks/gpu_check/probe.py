@@ -103,6 +103,10 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    if versions["outpaint"] == "not installed":  # run from a source tree (the visit's clean copy)
+        import outpaint
+
+        versions["outpaint"] = f"{outpaint.__version__} (source tree, not installed)"
     return versions
 
 
