@@ -13,11 +13,12 @@ import sys
 import numpy as np
 import pytest
 
-from outpaint.core.errors import ModelError
+from outpaint.core.errors import BackendUnavailable, ModelError
 from outpaint.core.graphs import TEXT_ENCODER, UNET_DEEP, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, int8_file, int8_key
 from outpaint.core.manifest import Manifest
 from outpaint.engine.backends.openvino import OvGraph
 from outpaint.engine.coherence import COHERENCE_OFF
+from outpaint.engine.cpu_features import cpu_features
 from outpaint.engine.fast_path import FastPathOptions
 from outpaint.engine.pipeline import OutpaintPipeline
 from outpaint.export.quantize import INT8_MAX_REL_ERROR, Calibration, calibration_outpaints, quantize_model
@@ -75,6 +76,27 @@ def test_the_int8_fast_path_runs_the_twins_and_stays_near_fp32(quantized_dir):
     diff = images["openvino-int8"].astype(np.float64) - images["openvino-fp32"]
     psnr = 10 * np.log10(255.0**2 / max(float((diff[~known] ** 2).mean()), 1e-9))
     assert 15 < psnr < 99, psnr  # int8 changes the new area, but not into noise (random tiny weights)
+
+
+def test_the_float_layers_of_the_int8_backend_can_run_in_bf16_where_it_is_native(quantized_dir, monkeypatch):
+    monkeypatch.setenv("OUTPAINT_OV_INT8_FLOAT", "bf16")
+    if not cpu_features().native_bf16:
+        with pytest.raises(BackendUnavailable, match="no native bf16"):
+            OutpaintPipeline.load(quantized_dir, "openvino-int8", options=FastPathOptions())
+        return
+    pipeline = OutpaintPipeline.load(quantized_dir, "openvino-int8", options=FastPathOptions(),
+                                     coherence=COHERENCE_OFF)
+    runners = [r for r in pipeline.graphs.values() if isinstance(r, OvGraph)]
+    assert runners and all(r.options.precision == "bf16" for r in runners)
+    assert pipeline.graphs[UNET_DEEP].path.name == "model.int8.xml"  # still the twin
+    source, request = calibration_outpaints(256, Calibration(steps=2, prompts=("a harbour",)))[0]
+    assert pipeline(source, request).image.shape == (256, 256, 3)
+
+
+def test_an_unknown_float_precision_for_the_int8_backend_is_refused(quantized_dir, monkeypatch):
+    monkeypatch.setenv("OUTPAINT_OV_INT8_FLOAT", "fp16")
+    with pytest.raises(BackendUnavailable, match="'fp16' is not one of"):
+        OutpaintPipeline.load(quantized_dir, "openvino-int8", options=FastPathOptions())
 
 
 def test_a_folder_without_twins_names_the_command(tiny_model_dir):
