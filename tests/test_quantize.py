@@ -78,17 +78,23 @@ def test_the_int8_fast_path_runs_the_twins_and_stays_near_fp32(quantized_dir):
     assert 15 < psnr < 99, psnr  # int8 changes the new area, but not into noise (random tiny weights)
 
 
-def test_the_float_layers_of_the_int8_backend_can_run_in_bf16_where_it_is_native(quantized_dir, monkeypatch):
+def test_the_graphs_without_a_twin_can_run_in_bf16_where_it_is_native(quantized_dir, monkeypatch, tmp_path):
+    folder = tmp_path / "model"  # the UNet's twins only, as `outpaint quantize` makes by default
+    shutil.copytree(quantized_dir, folder)
+    manifest = Manifest.load(folder)
+    for graph in (VAE_ENCODER, VAE_DECODER):
+        del manifest.graphs[int8_key(graph)]
+    manifest.save(folder)
     monkeypatch.setenv("OUTPAINT_OV_INT8_FLOAT", "bf16")
     if not cpu_features().native_bf16:
         with pytest.raises(BackendUnavailable, match="no native bf16"):
-            OutpaintPipeline.load(quantized_dir, "openvino-int8", options=FastPathOptions())
+            OutpaintPipeline.load(folder, "openvino-int8", options=FastPathOptions())
         return
-    pipeline = OutpaintPipeline.load(quantized_dir, "openvino-int8", options=FastPathOptions(),
-                                     coherence=COHERENCE_OFF)
-    runners = [r for r in pipeline.graphs.values() if isinstance(r, OvGraph)]
-    assert runners and all(r.options.precision == "bf16" for r in runners)
-    assert pipeline.graphs[UNET_DEEP].path.name == "model.int8.xml"  # still the twin
+    pipeline = OutpaintPipeline.load(folder, "openvino-int8", options=FastPathOptions(), coherence=COHERENCE_OFF)
+    runners = {name: r for name, r in pipeline.graphs.items() if isinstance(r, OvGraph)}
+    precisions = {name: (r.path.name, r.options.precision) for name, r in runners.items()}
+    assert precisions[UNET_DEEP] == ("model.int8.xml", "fp32")  # a twin keeps the hint it is fastest under
+    assert precisions[VAE_DECODER] == ("model.onnx", "bf16") and precisions[TEXT_ENCODER] == ("model.onnx", "bf16")
     source, request = calibration_outpaints(256, Calibration(steps=2, prompts=("a harbour",)))[0]
     assert pipeline(source, request).image.shape == (256, 256, 3)
 

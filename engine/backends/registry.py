@@ -50,7 +50,7 @@ def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]
     bf16, and the quality benchmark judges exactly that computation on every machine. A UNet graph
     without a twin is a ModelError naming the fix; a VAE without one (folders quantized before the VAE
     was) runs in fp32."""
-    from .openvino import OvOptions, load_openvino_graphs
+    from .openvino import OvOptions, check_precision_supported, load_openvino_graphs
 
     lacking = [name for name in names if name in UNET_GRAPHS and int8_key(name) not in manifest.graphs]
     if lacking:
@@ -58,12 +58,19 @@ def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]
                          f"(it calibrates on outpaints of the model itself), or use openvino-bf16 / openvino-fp32")
     files = {name: manifest.graphs.get(int8_key(name), manifest.graphs[name]).file for name in names}
     shapes = os.environ.get("OUTPAINT_OV_SHAPES") or OvOptions.shapes
-    # OUTPAINT_OV_INT8_FLOAT=bf16 runs what stays in float (the twins' float layers, the graphs without
-    # a twin) in bf16 where bf16 is native: on Zen 4 the int8 UNet beat bf16's, but the fp32 VAE gave the
-    # gain back (benchmarks/RESULTS.md, "Zen 4"). A knob for the benchmark until the quality benchmark
-    # has judged that mix; fp32 is what it judged.
-    precision = os.environ.get("OUTPAINT_OV_INT8_FLOAT") or "fp32"
-    return dict(load_openvino_graphs(folder, files, OvOptions(precision=precision, shapes=shapes)))
+    # OUTPAINT_OV_INT8_FLOAT=bf16 runs the graphs without a twin (the text encoder; the VAE unless
+    # quantized) in bf16 where bf16 is native: on Zen 4 the int8 UNet beat bf16's, but the fp32 VAE gave
+    # the gain back (benchmarks/RESULTS.md, "Zen 4"). The twins keep the fp32 hint: under a bf16 hint
+    # their deep call took 2.64 s against 2.02 s (benchmarks/int8-probe-zen4.json). A knob for the
+    # benchmark until the quality benchmark has judged that mix; all-fp32 is what it judged.
+    rest = os.environ.get("OUTPAINT_OV_INT8_FLOAT") or "fp32"
+    check_precision_supported(rest)  # refused before anything compiles, whichever graphs are asked for
+    twins = {name: file for name, file in files.items() if int8_key(name) in manifest.graphs}
+    floats = {name: file for name, file in files.items() if name not in twins}
+    graphs = load_openvino_graphs(folder, twins, OvOptions(precision="fp32", shapes=shapes))
+    if floats:
+        graphs |= load_openvino_graphs(folder, floats, OvOptions(precision=rest, shapes=shapes))
+    return dict(graphs)
 
 
 def _ort_trt_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
