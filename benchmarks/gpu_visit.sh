@@ -55,8 +55,10 @@ prepare() {
     /*) ;;
     *) mkdir -p .git/info && { grep -qx "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >> .git/info/exclude; } ;;
   esac
-  [ -n "$PART_MB" ] || PART_MB=$((62 - $(tree_mib)))
-  echo "the working tree sends $(tree_mib) MiB with each call: parts of $PART_MB MiB"
+  local tree
+  tree=$(tree_mib)
+  [ -n "$PART_MB" ] || PART_MB=$((62 - tree))
+  echo "the working tree sends $tree MiB with each call: parts of $PART_MB MiB"
   local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
                    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
   local packages=(${GPU_VISIT_PACKAGES:-diffusers open_clip_torch onnxruntime-gpu polygraphy onnx-graphsurgeon})

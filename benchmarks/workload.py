@@ -77,4 +77,4 @@ def psnr_db(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> fl
     if where is not None:
         diff = diff[where]
     mse = float(diff.mean())
-    return 999.0 if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+    return 999.0 if mse == 0 else round(float(10 * np.log10(255.0**2 / mse)), 2)  # a float, not np.float64

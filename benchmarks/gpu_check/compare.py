@@ -71,8 +71,7 @@ def compare_images(reference: np.ndarray, candidate: np.ndarray, region: np.ndar
     diff = np.abs(reference.astype(np.int16) - candidate.astype(np.int16))[region]
     psnr = psnr_db(reference, candidate, region)
     rms = float(np.sqrt(np.mean(diff.astype(np.float64) ** 2)))
-    psnr = float(psnr)
-    passed = bool(finite) and psnr >= bar.min_psnr_db  # plain bool: the report is JSON
+    passed = finite and psnr >= bar.min_psnr_db
     if not finite:
         verdict = "fail: the final latents hold NaN or infinity (fp16 overflow?)"
     elif passed:

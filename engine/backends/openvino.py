@@ -25,7 +25,7 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -249,8 +249,13 @@ class OvGraph:
         return outputs
 
 
-def load_openvino_graphs(folder: Path, files: Mapping[str, str], options: OvOptions) -> dict[str, OvGraph]:
-    """One OvGraph per graph name -> file (relative to `folder`), sharing one OpenVINO Core."""
+def load_openvino_graphs(folder: Path, files: Mapping[str, str], options: OvOptions,
+                         precisions: Mapping[str, str] | None = None) -> dict[str, OvGraph]:
+    """One OvGraph per graph name -> file (relative to `folder`), sharing one OpenVINO Core; `precisions`
+    gives a graph a precision other than `options.precision` (openvino-int8's twins and the rest)."""
     core = _core()
-    check_precision_supported(options.precision)
-    return {name: OvGraph(name, folder / file, options, core=core) for name, file in files.items()}
+    chosen = {name: (precisions or {}).get(name, options.precision) for name in files}
+    for precision in sorted(set(chosen.values())):
+        check_precision_supported(precision)
+    return {name: OvGraph(name, folder / file, replace(options, precision=chosen[name]), core=core)
+            for name, file in files.items()}

@@ -65,12 +65,8 @@ def _openvino_int8_loader(folder: Path, manifest: Manifest, names: Sequence[str]
     # benchmark until the quality benchmark has judged that mix; all-fp32 is what it judged.
     rest = os.environ.get("OUTPAINT_OV_INT8_FLOAT") or "fp32"
     check_precision_supported(rest)  # refused before anything compiles, whichever graphs are asked for
-    twins = {name: file for name, file in files.items() if int8_key(name) in manifest.graphs}
-    floats = {name: file for name, file in files.items() if name not in twins}
-    graphs = load_openvino_graphs(folder, twins, OvOptions(precision="fp32", shapes=shapes))
-    if floats:
-        graphs |= load_openvino_graphs(folder, floats, OvOptions(precision=rest, shapes=shapes))
-    return dict(graphs)
+    twins_fp32 = {name: "fp32" for name in names if int8_key(name) in manifest.graphs}
+    return dict(load_openvino_graphs(folder, files, OvOptions(precision=rest, shapes=shapes), twins_fp32))
 
 
 def _ort_trt_loader(folder: Path, manifest: Manifest, names: Sequence[str]) -> dict[str, GraphRunner]:
